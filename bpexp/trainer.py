@@ -6,7 +6,8 @@ callable); the shell decides what to do with them (print, track, collect).
 Records, with step 0 of the epoch series at initialisation, before any update:
 - ``EpochRecord(epoch, metrics)``: ``train/loss``, ``train/accuracy``, ``val/loss``,
   ``val/accuracy`` and the per-layer instruments of :mod:`bpexp.instruments`;
-- ``StepRecord(step, epoch, batch_loss)`` every ``log_every_n_steps`` updates (global step);
+- ``StepRecord(step, epoch, batch_loss)`` every ``log_every_n_steps`` updates (global step;
+  automatic by default, see :func:`log_stride`);
 - ``EndRecord(epoch, metrics, outcome)`` once: ``test/loss``, ``test/accuracy`` and the outcome,
   ``completed`` or ``diverged`` (a non-finite loss, or one above ``max_loss``).
 """
@@ -23,6 +24,7 @@ from bpexp import instruments
 from bpexp.cost import Cost
 from bpexp.data import Dataset
 from bpexp.errors import bad_value
+from bpexp.instruments import DEFAULT_EPSILON
 from bpexp.network import Network
 from bpexp.optimizer import Optimizer, State
 from bpexp.rng import stream
@@ -41,10 +43,9 @@ class TrainerConfig:
     batch_size: int = 10
     shuffle: bool = True
     dtype: str = "float64"
-    log_every_n_steps: int | None = None  # None: automatic, at most MAX_STEP_POINTS points
     probe_size: int = 1000
     instruments: bool = True
-    saturation_epsilon: float = instruments.DEFAULT_EPSILON
+    saturation_epsilon: float = DEFAULT_EPSILON
     max_loss: float = 1e6
 
 
@@ -91,8 +92,6 @@ def validate(cfg: TrainerConfig, n_train: int) -> None:
             cfg.batch_size,
             f"1 <= batch_size <= {n_train} (training set size)",
         )
-    if cfg.log_every_n_steps is not None and cfg.log_every_n_steps < 1:
-        raise bad_value("trainer.log_every_n_steps", cfg.log_every_n_steps, "null or >= 1")
     if cfg.probe_size < 1:
         raise bad_value("trainer.probe_size", cfg.probe_size, "an integer >= 1")
     if not 0 < cfg.saturation_epsilon < 0.5:
@@ -105,9 +104,10 @@ def steps_per_epoch(n_train: int, batch_size: int) -> int:
     return math.ceil(n_train / batch_size)
 
 
-def log_stride(cfg: TrainerConfig, n_train: int) -> int:
-    if cfg.log_every_n_steps is not None:
-        return cfg.log_every_n_steps
+def log_stride(cfg: TrainerConfig, n_train: int, log_every_n_steps: int | None = None) -> int:
+    """Steps between two ``StepRecord``s: as asked, or automatic (at most MAX_STEP_POINTS)."""
+    if log_every_n_steps is not None:
+        return log_every_n_steps
     total = cfg.epochs * steps_per_epoch(n_train, cfg.batch_size)
     return max(1, math.ceil(total / MAX_STEP_POINTS))
 
@@ -166,6 +166,7 @@ def train(
     cfg: TrainerConfig,
     seed: int,
     listener: Listener | None = None,
+    log_every_n_steps: int | None = None,
 ) -> TrainResult:
     """Train ``net`` in place on ``data`` and return the outcome and the per-epoch history.
 
@@ -179,7 +180,7 @@ def train(
     probe_index = np.sort(stream(seed, "probe").permutation(n)[: min(cfg.probe_size, n)])
     X_probe, Y_probe = X[probe_index], Y[probe_index]
     Xs, Ys = np.empty_like(X), np.empty_like(Y)
-    stride = log_stride(cfg, n)
+    stride = log_stride(cfg, n, log_every_n_steps)
     state = optimizer.init(net.params)
     result = TrainResult(outcome="completed", epochs_run=0, steps=0)
 

@@ -1,0 +1,156 @@
+"""The configuration schema: one dataclass per Hydra group, registered in Hydra's ConfigStore.
+
+The groups mirror the modules: ``network`` → :mod:`bpexp.network`, ``cost`` → :mod:`bpexp.cost`,
+``optimizer`` → :mod:`bpexp.optimizer`, ``data`` → :mod:`bpexp.data`, ``trainer`` →
+:mod:`bpexp.trainer`, ``tracking`` → :mod:`bpexp.tracking`. Being structured configs, a wrong
+type or an unknown key fails at composition with a message naming the key; :func:`validate`
+then checks the values (ranges, allowed names, incompatible pairs) before anything runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from bpexp.activation import hidden_activation, output_activation
+from bpexp.cost import get_cost
+from bpexp.data import DATASETS
+from bpexp.errors import ConfigError, bad_value
+from bpexp.network import DTYPES, INITS
+from bpexp.optimizer import Optimizer
+from bpexp.trainer import TrainerConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF_DIR = ROOT / "conf"
+SWEEPS_DIR = ROOT / "sweeps"
+
+
+@dataclass
+class NetworkConfig:
+    hidden: list[int] = field(default_factory=lambda: [30])
+    activation: str = "sigmoid"
+    output_activation: str = "sigmoid"
+    init: str = "scaled_normal"
+    init_path: str | None = None
+
+
+@dataclass
+class CostConfig:
+    name: str = "quadratic"
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "sgd"
+    lr: float = 3.0
+    beta: float = 0.9
+    form: str = "classical"
+    bias_correction: bool = False
+    beta2: float = 0.999
+    eps: float = 1e-8
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"
+    path: str | None = None
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    url: str | None = None
+    cache_dir: str | None = None
+    n_samples: int | None = None
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = True
+    uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the cwd
+    experiment: str = "bpexp"
+    log_every_n_steps: int | None = None  # None: automatic, at most ~1000 points per run
+    plots: bool = True
+    timeout_seconds: float = 10.0
+
+
+@dataclass
+class Config:
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    cost: CostConfig = field(default_factory=CostConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    seed: int = 0
+    force: bool = False  # rerun jobs whose exact config already has a completed run
+
+
+def register() -> None:
+    """Register the schema and the ``${bpexp_root:}`` resolver used in ``conf/config.yaml``."""
+    ConfigStore.instance().store(name="bpexp_schema", node=Config)
+    OmegaConf.register_new_resolver("bpexp_root", lambda: ROOT.as_posix(), replace=True)
+
+
+def to_optimizer(cfg: OptimizerConfig | DictConfig) -> Optimizer:
+    """The core's :class:`~bpexp.optimizer.Optimizer` for ``cfg.optimizer`` (validates it)."""
+    return Optimizer(
+        name=cfg.name,
+        lr=cfg.lr,
+        beta=cfg.beta,
+        form=cfg.form,
+        bias_correction=cfg.bias_correction,
+        beta2=cfg.beta2,
+        eps=cfg.eps,
+    )
+
+
+def validate(cfg: Config | DictConfig) -> None:
+    """Check every value that the schema's types cannot; raises ConfigError naming the key.
+
+    Checks needing the data set's size (``trainer.batch_size``) happen in
+    :func:`bpexp.trainer.validate`, also before training.
+    """
+    net = cfg.network
+    for i, n in enumerate(net.hidden):
+        if n < 1:
+            raise bad_value(f"network.hidden[{i}]", n, "layer sizes >= 1")
+    hidden_activation(net.activation)
+    output_activation(net.output_activation)
+    get_cost(cfg.cost.name, net.output_activation)
+    if net.init not in INITS:
+        raise bad_value("network.init", net.init, INITS)
+    if net.init == "file":
+        if not net.init_path:
+            raise ConfigError("network.init='file' needs network.init_path: the .npz to load")
+        if not Path(net.init_path).is_file():
+            raise ConfigError(f"network.init_path={net.init_path!r}: no such file")
+    to_optimizer(cfg.optimizer)
+    if cfg.data.name not in DATASETS:
+        raise bad_value("data.name", cfg.data.name, DATASETS)
+    for key in ("val_fraction", "test_fraction"):
+        value = cfg.data[key] if isinstance(cfg.data, DictConfig) else getattr(cfg.data, key)
+        if not 0 <= value < 1:
+            raise bad_value(f"data.{key}", value, "0 <= fraction < 1")
+    if cfg.trainer.dtype not in DTYPES:
+        raise bad_value("trainer.dtype", cfg.trainer.dtype, DTYPES)
+    if cfg.trainer.epochs < 1:
+        raise bad_value("trainer.epochs", cfg.trainer.epochs, "an integer >= 1")
+    if cfg.trainer.batch_size < 1:
+        raise bad_value("trainer.batch_size", cfg.trainer.batch_size, "an integer >= 1")
+    stride = cfg.tracking.log_every_n_steps
+    if stride is not None and stride < 1:
+        raise bad_value("tracking.log_every_n_steps", stride, "null (automatic) or >= 1")
+
+
+def flatten(cfg: DictConfig | dict, prefix: str = "") -> dict[str, object]:
+    """The resolved config as dotted keys: ``{"optimizer.lr": 0.5, "network.hidden": [30]}``."""
+    container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    out: dict[str, object] = {}
+    for key, value in container.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
