@@ -124,13 +124,18 @@ class Printer:
 
     SHOWN = ("train/loss", "train/accuracy", "val/loss", "val/accuracy")
 
+    MAX_LINES = 30
+
     def __init__(self, epochs: int, stream_=sys.stdout) -> None:
         self.epochs = epochs
+        self.every = -(-epochs // self.MAX_LINES)  # ceil: at most ~30 epoch lines
         self.out = stream_
         self.start = time.perf_counter()
 
     def __call__(self, record: Record) -> None:
         if isinstance(record, EpochRecord):
+            if record.epoch % self.every and record.epoch != self.epochs:
+                return
             shown = "  ".join(
                 f"{k} {record.metrics[k]:.4f}" for k in self.SHOWN if k in record.metrics
             )

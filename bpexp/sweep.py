@@ -31,17 +31,15 @@ SWEEP_DIR_ENV = "BPEXP_SWEEP_DIR"
 PARENT_RUN_ENV = "BPEXP_PARENT_RUN_ID"
 SWEEP_NAME_ENV = "BPEXP_SWEEP_NAME"
 TRACKING_URI_ENV = "BPEXP_SWEEP_TRACKING_URI"
-SUMMARY_COLUMNS = [
-    "job",
-    "overrides",
-    "outcome",
+FINAL_METRICS = [
+    "train/loss",
+    "train/accuracy",
     "val/loss",
     "val/accuracy",
     "test/loss",
     "test/accuracy",
-    "run_id",
-    "error",
 ]
+SUMMARY_COLUMNS = ["job", "overrides", "outcome", "epochs", *FINAL_METRICS, "run_id", "error"]
 
 
 def sweep_name(choices: dict) -> str:
@@ -104,7 +102,8 @@ def run_job(cfg: DictConfig) -> dict:
         )
         row["outcome"] = "skipped" if result.skipped else result.outcome
         row["run_id"] = result.run_id
-        for key in ("val/loss", "val/accuracy", "test/loss", "test/accuracy"):
+        row["epochs"] = len(result.history) - 1 if len(result.history) else None
+        for key in FINAL_METRICS:
             row[key] = result.metrics.get(key)
     except ConfigError as exc:
         row |= {"outcome": "invalid", "error": str(exc)}

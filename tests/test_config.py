@@ -1,0 +1,176 @@
+"""Every option of every config group and every sweep file composes, with the keys we rely on."""
+
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+from bpexp import config
+from bpexp.app import build
+from bpexp.errors import ConfigError
+
+GROUPS = ["network", "cost", "optimizer", "data", "trainer", "tracking"]
+SWEEPS = sorted(p.stem for p in (config.SWEEPS_DIR / "sweep").glob("*.yaml"))
+# Keys other parts of the project rely on: their names must not change.
+RELIED_ON = [
+    "optimizer.name",
+    "optimizer.lr",
+    "optimizer.beta",
+    "optimizer.form",
+    "optimizer.bias_correction",
+    "trainer.epochs",
+    "trainer.batch_size",
+    "trainer.shuffle",
+    "trainer.dtype",
+    "seed",
+    "data.path",
+    "network.hidden",
+    "network.activation",
+    "network.output_activation",
+    "network.init",
+    "network.init_path",
+    "data.val_fraction",
+    "data.test_fraction",
+    "tracking.enabled",
+    "tracking.experiment",
+    "tracking.log_every_n_steps",
+]
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (config.CONF_DIR / group).glob("*.yaml"))
+
+
+@pytest.fixture
+def composer():
+    config.register()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config.CONF_DIR), version_base="1.3"):
+        yield lambda overrides, **kw: compose("config", overrides=overrides, **kw)
+    GlobalHydra.instance().clear()
+
+
+def test_groups_mirror_modules():
+    for group in GROUPS:
+        assert (config.ROOT / "bpexp" / f"{group}.py").is_file(), group
+        assert options(group), group
+
+
+def test_required_options_exist():
+    assert {"nielsen", "deep_sigmoid", "deep_relu", "pixels"} <= set(options("network"))
+    assert {"sgd", "momentum", "nesterov"} <= set(options("optimizer"))
+    assert {"quadratic", "cross_entropy", "softmax_cross_entropy"} <= set(options("cost"))
+    assert {"digits", "mnist", "fashion_mnist", "pixels3x4", "moons", "file"} <= set(
+        options("data")
+    )
+    assert {
+        "optimizers",
+        "momentum_beta",
+        "cost_saturation",
+        "depth",
+        "batch_size",
+        "pixels3x4",
+    } <= set(SWEEPS)
+
+
+def test_softmax_cost_switches_the_output_layer(composer):
+    assert composer(["cost=softmax_cross_entropy"]).network.output_activation == "softmax"
+
+
+def test_defaults(composer):
+    cfg = composer([])
+    flat = config.flatten(cfg)
+    for key in RELIED_ON:
+        assert key in flat, key
+    assert cfg.data.name == "digits" and cfg.cost.name == "quadratic"
+    assert cfg.optimizer.name == "sgd" and list(cfg.network.hidden) == [30]
+    assert cfg.network.activation == "sigmoid" and cfg.trainer.dtype == "float64"
+
+
+@pytest.mark.parametrize(("group", "option"), [(g, o) for g in GROUPS for o in options(g)])
+def test_every_option_composes(composer, group, option, tmp_path):
+    overrides = [f"{group}={option}"]
+    if group == "data" and option == "file":
+        overrides.append(f"data.path={tmp_path / 'mine.npz'}")
+    cfg = composer(overrides)
+    config.validate(cfg)
+    assert OmegaConf.select(cfg, group) is not None
+    if group == "optimizer":
+        assert cfg.optimizer.name in ("sgd", "momentum", "nesterov", "rmsprop", "adam")
+
+
+@pytest.mark.parametrize("name", SWEEPS)
+def test_every_sweep_composes(composer, name):
+    cfg = composer([f"sweep={name}"], return_hydra_config=True)
+    assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
+    params = cfg.hydra.sweeper.params
+    assert params, name
+    config.validate(cfg)
+
+
+def test_optimizers_sweep_is_big_enough(composer):
+    params = composer(["sweep=optimizers"], return_hydra_config=True).hydra.sweeper.params
+    sizes = [len(str(v).split(",")) for v in params.values()]
+    total = 1
+    for n in sizes:
+        total *= n
+    assert total >= 27
+    assert set(str(params["optimizer"]).split(",")) == {"sgd", "momentum", "nesterov"}
+    assert len(str(params["seed"]).split(",")) >= 3
+
+
+def test_sweep_files_are_global_packages():
+    for name in SWEEPS:
+        text = (config.SWEEPS_DIR / "sweep" / f"{name}.yaml").read_text()
+        assert text.startswith("# @package _global_"), name
+
+
+def test_pixels_sweep_builds_the_12_pixel_network(composer):
+    exp = build(composer(["sweep=pixels3x4"]))
+    assert exp.net.sizes == (12, 3, 2)
+    assert exp.data.X_train.shape == (64, 12) and exp.trainer.batch_size == 64
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["optimizer.lr=-1"], "optimizer.lr"),
+        (["optimizer=momentum", "optimizer.beta=1.5"], "optimizer.beta"),
+        (["trainer.batch_size=0"], "trainer.batch_size"),
+        (["trainer.batch_size=100000"], "trainer.batch_size"),
+        (["trainer.epochs=0"], "trainer.epochs"),
+        (["network.init=file"], "network.init_path"),
+        (["network.init=file", "network.init_path=/nonexistent.npz"], "network.init_path"),
+        (["network.hidden=[30,0]"], "network.hidden[1]"),
+        (["network.activation=softmax"], "network.activation"),
+        (["cost=cross_entropy", "network.output_activation=softmax"], "cost.name"),
+        (["cost=softmax_cross_entropy", "network.output_activation=sigmoid"], "cost.name"),
+        (["cost=quadratic", "network.output_activation=softmax"], "cost.name"),
+        (["data.val_fraction=1.0"], "data.val_fraction"),
+        (["trainer.dtype=float16"], "trainer.dtype"),
+        (["optimizer.form=ema"], None),  # allowed: sgd ignores the form
+    ],
+)
+def test_semantic_validation_names_the_key(composer, overrides, key):
+    cfg = composer(overrides)
+    if key is None:
+        build(cfg)
+        return
+    with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
+        build(cfg)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["trainer.epochs=two"], "trainer.epochs"),
+        (["network.hidden=[abc]"], "network.hidden"),
+        (["optimizer.momentum=0.9"], "optimizer.momentum"),
+        (["optimizer.lr=fast"], "optimizer.lr"),
+    ],
+)
+def test_schema_rejects_wrong_types_and_unknown_keys(composer, overrides, key):
+    with pytest.raises(Exception, match=key):
+        composer(overrides)
