@@ -6,6 +6,10 @@ Measured on a fixed probe batch of training samples. Layers are numbered l = 1..
 - ``delta_norm/{l}``: root mean square over samples of the per-sample error ||δ^l(x)||.
 - ``saturation/{l}``: fraction of (sample, unit) pairs that are saturated: sigmoid and softmax
   ``a < ε`` or ``a > 1 − ε``; tanh ``|a| > 1 − 2ε``. Not defined for relu and linear layers.
+- ``wrong_saturation/{L}``: output layer only, sigmoid or softmax: fraction of (sample, output)
+  pairs saturated at the wrong end, ``a > 1 − ε`` where y = 0 or ``a < ε`` where y = 1. These are
+  the outputs that BP1's σ' factor all but freezes under the quadratic cost (the learning
+  slowdown); cross-entropy's δ^L = a − y moves them at full speed.
 - ``sigma_prime_mean/{l}``: mean σ'(z^l) over the probe (not for softmax outputs).
 - ``activation_mean/{l}``, ``activation_std/{l}``: of a^l over samples and units.
 - ``dead_fraction/{l}``: relu layers: fraction of units with z ≤ 0 for every probe sample.
@@ -44,6 +48,9 @@ def measure(
             out[f"saturation/{l}"] = float(np.mean((a < epsilon) | (a > 1.0 - epsilon)))
         elif act.name == "tanh":
             out[f"saturation/{l}"] = float(np.mean(np.abs(a) > 1.0 - 2.0 * epsilon))
+        if l == net.n_layers and act.name in ("sigmoid", "softmax"):
+            wrong = ((a > 1.0 - epsilon) & (Y == 0)) | ((a < epsilon) & (Y == 1))
+            out[f"wrong_saturation/{l}"] = float(np.mean(wrong))
         if act.name != "softmax":
             out[f"sigma_prime_mean/{l}"] = float(act.prime(z, a, np.empty_like(z)).mean())
         if act.name == "relu":

@@ -1,0 +1,252 @@
+"""MLflow tracking against real stores: SQLite in a temporary folder and a real mlflow server."""
+
+from __future__ import annotations
+
+import io
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+import bpexp
+from bpexp.app import build, compose
+from bpexp.tracking import TrackingError, connect
+
+LAYER_METRICS = [
+    "grad_norm/W{l}",
+    "grad_norm/b{l}",
+    "delta_norm/{l}",
+    "activation_mean/{l}",
+    "activation_std/{l}",
+    "sigma_prime_mean/{l}",
+    "saturation/{l}",
+    "update_ratio/W{l}",
+]
+
+
+def only_run(uri: str):
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("bpexp")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1
+    return client, runs[0]
+
+
+def test_run_holds_name_params_tags_metrics_and_artifacts(store_uri, tmp_path):
+    result = bpexp.run(
+        [
+            f"tracking.uri={store_uri}",
+            "trainer.epochs=3",
+            "optimizer=nesterov",
+            "optimizer.lr=0.5",
+            "seed=1",
+            "tracking.log_every_n_steps=20",
+        ]
+    )
+    client, run = only_run(store_uri)
+    assert run.info.run_id == result.run_id
+    assert run.info.run_name == "nesterov lr=0.5 beta=0.9 seed=1"
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert params["optimizer.lr"] == "0.5" and params["optimizer.name"] == "nesterov"
+    assert params["network.hidden"] == "[30]" and params["network.sizes"] == "[64, 30, 10]"
+    assert params["seed"] == "1" and params["data.name"] == "digits"
+    tags = run.data.tags
+    assert tags["outcome"] == "completed" and tags["optimizer"] == "nesterov"
+    assert tags["bpexp.version"] == bpexp.__version__ and tags["numpy.version"] == np.__version__
+
+    # Every metric at steps 0..3; per layer l = 1, 2.
+    names = {f.format(l=l) for f in LAYER_METRICS for l in (1, 2)} - {"update_ratio/W{l}"}
+    names |= {"train/loss", "train/accuracy", "val/loss", "val/accuracy"}
+    for name in names:
+        history = client.get_metric_history(run.info.run_id, name)
+        steps = sorted(m.step for m in history)
+        expected = [1, 2, 3] if name.startswith("update_ratio") else [0, 1, 2, 3]
+        assert steps == expected, name
+    assert {m.step for m in client.get_metric_history(run.info.run_id, "test/loss")} == {3}
+    # 1293 training samples / 10 = 130 steps an epoch, 390 in all, one point every 20 steps.
+    batch = client.get_metric_history(run.info.run_id, "train/batch_loss")
+    assert sorted(m.step for m in batch) == list(range(20, 391, 20))
+
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "weights", "plots", "history.parquet"} <= artifacts
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "weights")} == {
+        "weights/initial.npz",
+        "weights/final.npz",
+    }
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "plots")} == {
+        "plots/loss.png",
+        "plots/grad_norm.png",
+        "plots/saturation.png",
+    }
+
+    folder = Path(client.download_artifacts(run.info.run_id, "", str(tmp_path / "dl")))
+    with np.load(folder / "weights" / "initial.npz") as initial:
+        expected_initial = build(compose(["seed=1"])).net
+        assert np.array_equal(initial["W1"], expected_initial.W[0])
+    with np.load(folder / "weights" / "final.npz") as final:
+        assert np.array_equal(final["W2"], result.weights["W2"])
+    assert "lr: 0.5" in (folder / "config.yaml").read_text()
+    assert (folder / "plots" / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # The number of points logged equals what the run produced, and history.parquet holds them.
+    table = pd.read_parquet(folder / "history.parquet")
+    logged = sum(len(client.get_metric_history(run.info.run_id, key)) for key in run.data.metrics)
+    produced = result.history.notna().sum().sum() + len(batch) + 2  # + test/loss, test/accuracy
+    assert logged == len(table) == produced
+    assert set(table.columns) == {"run_id", "metric", "step", "value"}
+
+
+def test_vanishing_gradient_at_initialisation(store_uri):
+    bpexp.run(
+        [
+            f"tracking.uri={store_uri}",
+            "network=deep_sigmoid",
+            "trainer.epochs=1",
+            "tracking.plots=false",
+        ]
+    )
+    client, run = only_run(store_uri)
+
+    def at_step0(name):
+        (point,) = [m for m in client.get_metric_history(run.info.run_id, name) if m.step == 0]
+        return point.value
+
+    norms = [at_step0(f"grad_norm/b{l}") for l in (1, 2, 3)]
+    assert norms[0] < norms[1] < norms[2], norms
+    weights = [at_step0(f"grad_norm/W{l}") for l in (1, 2, 3)]
+    assert weights[0] < weights[2], weights
+
+
+def test_relu_layers_log_dead_fraction_not_saturation(store_uri):
+    bpexp.run(
+        [
+            f"tracking.uri={store_uri}",
+            "network=deep_relu",
+            "trainer.epochs=1",
+            "tracking.plots=false",
+            "optimizer.lr=0.1",
+        ]
+    )
+    _, run = only_run(store_uri)
+    metrics = run.data.metrics
+    assert {"dead_fraction/1", "dead_fraction/3", "saturation/4"} <= set(metrics)
+    assert "saturation/1" not in metrics and 0 <= metrics["dead_fraction/1"] <= 1
+
+
+def test_cost_saturation_quadratic_learns_slower():
+    # The cost_saturation sweep's settings: N(0,1) weights, sigmoid outputs, lr 0.5.
+    for seed in (0, 1, 2):
+        runs = {
+            cost: bpexp.run(
+                [
+                    "tracking.enabled=false",
+                    "sweep=cost_saturation",
+                    f"cost={cost}",
+                    f"seed={seed}",
+                    "trainer.epochs=3",
+                ]
+            ).history
+            for cost in ("quadratic", "cross_entropy")
+        }
+        quad, ce = runs["quadratic"], runs["cross_entropy"]
+        # Same initial weights: the same outputs are saturated at the wrong end at step 0 ...
+        assert quad.loc[0, "wrong_saturation/2"] == ce.loc[0, "wrong_saturation/2"] > 0
+        # ... and stay so under the quadratic cost, while cross-entropy frees them.
+        assert quad.loc[1:3, "wrong_saturation/2"].mean() > ce.loc[1:3, "wrong_saturation/2"].mean()
+        # Slower early loss decrease, relative to each cost's own starting value.
+        assert (
+            quad.loc[1, "train/loss"] / quad.loc[0, "train/loss"]
+            > ce.loc[1, "train/loss"] / ce.loc[0, "train/loss"]
+        )
+
+
+def test_unreachable_server_fails_fast_with_a_clear_error():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once the socket is closed
+    start = time.monotonic()
+    with pytest.raises(TrackingError, match=rf"tracking.uri='http://127.0.0.1:{port}'"):
+        connect(f"http://127.0.0.1:{port}", timeout=5)
+    assert time.monotonic() - start < 10
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` on 127.0.0.1 with a SQLite backend, stopped after the module."""
+    folder = tmp_path_factory.mktemp("server")
+    backend = f"sqlite:///{folder / 'server.db'}"
+    MlflowClient(tracking_uri=backend).search_experiments(max_results=1)
+    port = free_port()
+    log = open(folder / "server.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--workers",
+            "1",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            backend,
+            "--artifacts-destination",
+            str(folder / "artifacts"),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=folder,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2):
+                break
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError((folder / "server.log").read_text()) from None
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        raise RuntimeError("mlflow server did not start in 90 s")
+    yield url, proc
+    proc.terminate()
+    proc.wait(timeout=30)
+    log.close()
+
+
+@pytest.mark.slow
+def test_run_logs_to_a_real_mlflow_server(mlflow_server, tmp_path):
+    url, _ = mlflow_server
+    result = bpexp.run(
+        [
+            f"tracking.uri={url}",
+            "trainer.epochs=2",
+            "tracking.experiment=remote",
+            "tracking.plots=false",
+        ]
+    )
+    client = MlflowClient(tracking_uri=url)
+    run = client.get_run(result.run_id)
+    assert run.data.tags["outcome"] == "completed"
+    assert len(client.get_metric_history(result.run_id, "train/loss")) == 3
+    folder = Path(client.download_artifacts(result.run_id, "", str(tmp_path)))
+    table = pd.read_parquet(io.BytesIO((folder / "history.parquet").read_bytes()))
+    assert (table["metric"] == "val/loss").sum() == 3
