@@ -174,3 +174,9 @@ def test_semantic_validation_names_the_key(composer, overrides, key):
 def test_schema_rejects_wrong_types_and_unknown_keys(composer, overrides, key):
     with pytest.raises(Exception, match=key):
         composer(overrides)
+
+
+def test_slurm_launcher_config_composes(composer):
+    cfg = composer(["hydra/launcher=slurm"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+    assert cfg.hydra.launcher.cpus_per_task == 1
