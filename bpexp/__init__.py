@@ -3,7 +3,7 @@
 __version__ = "0.1.0"
 
 
-def run(overrides: list[str] | None = None, *, echo: bool = False):
+def run(overrides: list[str] | None = None, *, echo: bool = False, listeners=None):
     """Compose ``conf/`` with ``overrides`` (as on the command line), train, return a Result.
 
     ``bpexp.run(["optimizer=nesterov", "tracking.enabled=false"])`` returns the final metrics,
@@ -11,4 +11,4 @@ def run(overrides: list[str] | None = None, *, echo: bool = False):
     """
     from bpexp.app import run as _run  # imported lazily: `import bpexp` stays light
 
-    return _run(overrides, echo=echo)
+    return _run(overrides, echo=echo, listeners=listeners)

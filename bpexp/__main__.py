@@ -16,7 +16,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from bpexp import config, sweep
-from bpexp.errors import ConfigError
+from bpexp.errors import ConfigError, TrackingError
 
 config.register()
 
@@ -30,7 +30,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
     try:
         execute(cfg, echo=True)
-    except ConfigError as exc:
+    except (ConfigError, TrackingError) as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)
 

@@ -175,9 +175,10 @@ def execute(
     echo: bool = True,
     sweep_name: str | None = None,
     parent_run_id: str | None = None,
-    job_label: str | None = None,
+    listeners: list[Listener] | None = None,
 ) -> Result:
-    """Build, train and (if ``tracking.enabled``) log one experiment.
+    """Build, train and (if ``tracking.enabled``) log one experiment; ``listeners`` receive
+    every training record too (see :mod:`bpexp.trainer`).
 
     Bad input raises ConfigError before any run exists. During training, divergence is an
     outcome; an exception marks the run FAILED (traceback as an artifact) and is re-raised;
@@ -194,7 +195,7 @@ def execute(
         client = tr.connect(uri, tracking.timeout_seconds)
         experiment_id = tr.ensure_experiment(client, tracking.experiment)
         digest = tr.config_hash(flat)
-        done = None if cfg.force else tr.completed_run(client, experiment_id, digest)
+        done = None if cfg.get("force", False) else tr.completed_run(client, experiment_id, digest)
         if done is not None:
             if echo:
                 print(
@@ -220,7 +221,7 @@ def execute(
                 flush=True,
             )
 
-    listeners: list[Listener] = [Printer(exp.trainer.epochs)] if echo else []
+    listeners = [*(listeners or []), *([Printer(exp.trainer.epochs)] if echo else [])]
     if logger is not None:
         listeners.append(logger)
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
@@ -318,9 +319,14 @@ def compose(overrides: list[str] | None = None) -> DictConfig:
         return hydra_compose(config_name="config", overrides=list(overrides or []))
 
 
-def run(overrides: list[str] | None = None, *, echo: bool = False) -> Result:
+def run(
+    overrides: list[str] | None = None,
+    *,
+    echo: bool = False,
+    listeners: list[Listener] | None = None,
+) -> Result:
     """Run one experiment from Python, e.g. ``bpexp.run(["optimizer=nesterov"])``.
 
     Returns the final metrics, the per-epoch history as a DataFrame and the final weights.
     """
-    return execute(compose(overrides), echo=echo)
+    return execute(compose(overrides), echo=echo, listeners=listeners)

@@ -83,7 +83,6 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     seed: int = 0
-    force: bool = False  # rerun jobs whose exact config already has a completed run
 
 
 def register() -> None:

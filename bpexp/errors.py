@@ -13,6 +13,10 @@ class ConfigError(ValueError):
     """Bad input: raised before any training and before any tracking run is created."""
 
 
+class TrackingError(RuntimeError):
+    """The tracking store cannot be reached or used; raised before training starts."""
+
+
 def bad_value(key: str, value: object, allowed: str | Iterable[str]) -> ConfigError:
     """Build the standard message: ``<key>=<value> is not allowed; allowed: <allowed>``."""
     if not isinstance(allowed, str):

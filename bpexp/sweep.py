@@ -25,7 +25,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from bpexp.errors import ConfigError
+from bpexp.errors import ConfigError, TrackingError
 
 SWEEP_DIR_ENV = "BPEXP_SWEEP_DIR"
 PARENT_RUN_ENV = "BPEXP_PARENT_RUN_ID"
@@ -107,6 +107,9 @@ def run_job(cfg: DictConfig) -> dict:
             row[key] = result.metrics.get(key)
     except ConfigError as exc:
         row |= {"outcome": "invalid", "error": str(exc)}
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+    except TrackingError as exc:
+        row |= {"outcome": "failed", "error": str(exc)}
         print(f"error: {exc}", file=sys.stderr, flush=True)
     except KeyboardInterrupt:
         row["outcome"] = "interrupted"

@@ -27,7 +27,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 import bpexp
-from bpexp.errors import ConfigError
+from bpexp.errors import TrackingError
 from bpexp.trainer import EndRecord, Record, StepRecord
 
 DEFAULT_URI = "sqlite:///mlflow.db"
@@ -41,10 +41,6 @@ STATUS = {
     "failed": "FAILED",
     "interrupted": "KILLED",
 }
-
-
-class TrackingError(ConfigError):
-    """The tracking store cannot be reached or used; raised before training starts."""
 
 
 def tracking_uri(uri: str | None) -> str:

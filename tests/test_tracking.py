@@ -17,7 +17,8 @@ from mlflow import MlflowClient
 
 import bpexp
 from bpexp.app import build, compose
-from bpexp.tracking import TrackingError, connect
+from bpexp.errors import TrackingError
+from bpexp.tracking import connect
 
 LAYER_METRICS = [
     "grad_norm/W{l}",
