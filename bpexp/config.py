@@ -69,7 +69,7 @@ class TrackingConfig:
     enabled: bool = True
     uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the cwd
     experiment: str = "bpexp"
-    log_every_n_steps: int | None = None  # None: automatic, at most ~1000 points per run
+    log_every_n_steps: int | None = None  # None: automatic, at most ~200 points per run
     plots: bool = True
     timeout_seconds: float = 10.0
 
