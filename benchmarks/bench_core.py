@@ -1,6 +1,6 @@
 """Speed of the bpexp NumPy core, as ratios to other trainers timed side by side in one run.
 
-Run ``python benchmarks/bench_core.py`` (about 5-10 minutes) or ``--quick`` (under a minute).
+Run ``python benchmarks/bench_core.py`` (about 3-5 minutes) or ``--quick`` (under a minute).
 Everything runs on one thread. Contenders are interleaved round by round (the order rotates
 every round) and each ratio is the median over rounds of the ratio within a round, so a noisy,
 shared machine shifts both sides of a ratio together. Nothing is asserted: each ratio is printed
@@ -10,7 +10,7 @@ Contenders, all on the same data, network, initial weights and batch order (no s
 sigmoid hidden and output units, quadratic cost C = 1/(2m) Σ_x ||a(x) − y(x)||², classical
 momentum (β = 0.9, η = 0.1):
 - ``bpexp``: :func:`bpexp.trainer.train_epoch` (no instruments, no per-step loss);
-- ``torch``: PyTorch eager, ``nn.Linear`` + ``torch.sigmoid``, ``torch.optim.SGD(momentum=0.9)``;
+- ``torch``: PyTorch eager, ``nn.Linear`` + ``nn.Sigmoid``, ``torch.optim.SGD(momentum=0.9)``;
 - ``minimal``: a naive vectorised NumPy trainer written below in ~40 lines;
 - ``nielsen``: the per-sample loop of the classic book's ``network.py`` (column vectors).
 """
@@ -28,10 +28,10 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
 import importlib.util  # noqa: E402
-import inspect  # noqa: E402
 import math  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
+import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
@@ -268,13 +268,18 @@ def warm_up(work: dict[str, Callable[[], None]]) -> dict[str, float]:
     return seconds
 
 
-def interleave(work: dict[str, Callable[[], None]], rounds: int, warm: dict[str, float]) -> Timings:
+def interleave(
+    work: dict[str, Callable[[], None]],
+    rounds: int,
+    warm: dict[str, float],
+    sample_seconds: float = SAMPLE_SECONDS,
+) -> Timings:
     """Time every callable once per round, rotating the order (ABC, BCA, CAB, ...).
 
-    A callable whose warm-up took less than SAMPLE_SECONDS is repeated within its sample, and
-    its time is divided by the repeat count.
+    A callable whose warm-up took less than ``sample_seconds`` is repeated within its sample,
+    and its time is divided by the repeat count.
     """
-    repeats = {name: max(1, math.ceil(SAMPLE_SECONDS / max(warm[name], 1e-6))) for name in work}
+    repeats = {name: max(1, math.ceil(sample_seconds / max(warm[name], 1e-6))) for name in work}
     names = list(work)
     seconds: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
@@ -351,10 +356,10 @@ def compare_trainers(args, rows: list[Row], epoch_table: list[list[str]]) -> Non
                 epoch_table.append(
                     [
                         case,
-                        f"{timings.median('bpexp'):.4f}",
-                        f"{timings.median('torch'):.4f}",
-                        f"{timings.median('minimal'):.4f}",
-                        f"{diffs['torch']:.0e} / {diffs['minimal']:.0e}",
+                        str(len(X)),
+                        *(f"{timings.median(name):.4f}" for name in ("bpexp", "torch", "minimal")),
+                        "",
+                        f"torch {diffs['torch']:.0e}, minimal {diffs['minimal']:.0e}",
                     ]
                 )
                 goal = torch_goal_b10[net_name] if batch == 10 else "<= 0.8"
@@ -392,7 +397,7 @@ def compare_per_sample(args, rows: list[Row], epoch_table: list[list[str]]) -> N
     work, weights = {}, {}
     for name in ("bpexp", "nielsen"):
         work[name], weights[name] = TRAINERS[name](sizes, W0, b0, X, Y, batch, dtype)
-    case = f"784-30-10 b{batch} f64, {n} samples"
+    case = f"784-30-10 b{batch} f64"
     progress(case + " (per-sample loop)")
     warm = warm_up(work)
     diff = max_weight_difference(weights["bpexp"](), weights["nielsen"]())
@@ -401,10 +406,12 @@ def compare_per_sample(args, rows: list[Row], epoch_table: list[list[str]]) -> N
     epoch_table.append(
         [
             case,
+            str(n),
             f"{timings.median('bpexp'):.4f}",
-            f"nielsen {timings.median('nielsen'):.4f}",
             "",
-            f"{diff:.0e} (nielsen)",
+            "",
+            f"{timings.median('nielsen'):.4f}",
+            f"nielsen {diff:.0e}",
         ]
     )
     rows.append(
@@ -417,30 +424,18 @@ def compare_per_sample(args, rows: list[Row], epoch_table: list[list[str]]) -> N
     )
 
 
-def train_kwargs(stride: int | None) -> tuple[dict, dict]:
-    """How to ask ``train`` for a per-step loss stride: an argument, or a TrainerConfig field."""
-    if "log_every_n_steps" in inspect.signature(trainer.train).parameters:
-        return {"log_every_n_steps": stride}, {}
-    return {}, {"log_every_n_steps": stride}
-
-
 def compare_instruments(args, rows: list[Row], epoch_table: list[list[str]]) -> None:
     """Target 4: the full loop with instruments / per-step loss on and off, digits 64-30-10."""
-    epochs = 20 if args.quick else 100
+    epochs = trainer.TrainerConfig().epochs  # the default run length, hence the default stride
     data = load_dataset("digits", seed=SEED, dtype="float64")
     sizes = (64, 30, 10)
     W0, b0 = initial_weights(sizes)
     cost = COSTS["quadratic"]
     optimizer = Optimizer("momentum", lr=LR, beta=BETA, form="classical")
-    fields = {f.name for f in dataclasses.fields(trainer.TrainerConfig)}
     never = 10**12  # a stride longer than the run: no batch loss is ever computed
 
     def run(instruments: bool, stride: int | None) -> Callable[[], None]:
-        call_kwargs, cfg_kwargs = train_kwargs(stride)
-        cfg = trainer.TrainerConfig(
-            epochs=epochs, batch_size=10, instruments=instruments, **cfg_kwargs
-        )
-        assert not set(cfg_kwargs) - fields
+        cfg = trainer.TrainerConfig(epochs=epochs, batch_size=10, instruments=instruments)
 
         def go() -> None:
             net = Network(sizes, "sigmoid", "sigmoid", "float64")
@@ -448,7 +443,9 @@ def compare_instruments(args, rows: list[Row], epoch_table: list[list[str]]) -> 
                 W[...] = W_init
                 b[...] = b_init
             records = []
-            trainer.train(net, optimizer, cost, data, cfg, SEED, records.append, **call_kwargs)
+            trainer.train(
+                net, optimizer, cost, data, cfg, SEED, records.append, log_every_n_steps=stride
+            )
 
         return go
 
@@ -459,10 +456,12 @@ def compare_instruments(args, rows: list[Row], epoch_table: list[list[str]]) -> 
         "instruments off": run(False, never),
         "step loss auto": run(False, None),
     }
-    timings = interleave(work, args.rounds, warm_up(work))
-    for name in work:
-        epoch_table.append([f"{case}, {name}", f"{timings.median(name) / epochs:.5f}", "", "", ""])
+    # One run lasts ~0.2 s; a timed sample repeats it to ~1 s (0.3 s with --quick).
+    timings = interleave(work, args.rounds, warm_up(work), 0.3 if args.quick else 1.0)
     n_train = data.X_train.shape[0]
+    for name in work:
+        seconds = f"{timings.median(name) / epochs:.4f}"
+        epoch_table.append([f"train(): {name}", str(n_train), seconds, "", "", "", ""])
     stride = trainer.log_stride(trainer.TrainerConfig(epochs=epochs, batch_size=10), n_train)
     rows.append(
         Row(
@@ -499,19 +498,39 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def source_line() -> str:
+    """Which bpexp was measured: its folder and, for a git checkout, the commit."""
+    import bpexp
+
+    root = Path(bpexp.__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "not a git checkout"
+    return f"bpexp from {root} ({commit})"
+
+
 def machine_lines() -> list[str]:
+    # numpy's own BLAS comes first; scipy (imported by scikit-learn) may bring a second one.
     blas = [
-        f"{p.get('internal_api')} {p.get('version')} ({p.get('architecture', '?')} kernel, "
-        f"{p.get('num_threads')} thread)"
+        f"{p.get('internal_api')} {p.get('version')} in {Path(p['filepath']).parent.name} "
+        f"({p.get('architecture', '?')} kernel, {p.get('num_threads')} thread)"
         for p in threadpoolctl.threadpool_info()
         if p.get("user_api") == "blas"
     ]
     return [
         f"cpu: {cpu_model()}, {os.cpu_count()} cores",
-        f"python {platform.python_version()}, numpy {np.__version__}, BLAS: {'; '.join(blas)}",
+        f"python {platform.python_version()}, numpy {np.__version__}",
+        f"BLAS: {'; '.join(blas)}",
         f"torch {torch.__version__}, {torch.get_num_threads()} thread, "
         f"MKL {torch.backends.mkl.is_available()}, oneDNN {torch.backends.mkldnn.is_available()}",
         f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}",
+        source_line(),
     ]
 
 
@@ -531,7 +550,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds per comparison")
     args = parser.parse_args(argv)
     if args.rounds is None:
-        args.rounds = 3 if args.quick else 5
+        args.rounds = 3 if args.quick else 7
 
     started = time.perf_counter()
     rows: list[Row] = []
@@ -550,7 +569,16 @@ def main(argv: list[str] | None = None) -> None:
     print("Seconds per epoch (median over rounds)")
     print(
         format_table(
-            ["case", "bpexp", "torch", "minimal", "max|W - W_bpexp| after 1 epoch"], epoch_table
+            [
+                "case",
+                "samples",
+                "bpexp",
+                "torch",
+                "minimal",
+                "nielsen",
+                "max|W - W_bpexp|, epoch 1",
+            ],
+            epoch_table,
         )
     )
     print()

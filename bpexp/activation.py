@@ -27,12 +27,12 @@ class Activation:
 
 
 def _sigmoid(z: Array, out: Array) -> Array:
-    # σ(z) = 1 / (1 + e^{−z}); for z ≪ 0, e^{−z} overflows to inf and σ correctly becomes 0.
-    with np.errstate(over="ignore"):
-        np.negative(z, out=out)
-        np.exp(out, out=out)
-    out += 1.0
-    np.reciprocal(out, out=out)
+    # σ(z) = 1 / (1 + e^{−z}) = (1 + tanh(z/2)) / 2. The tanh form cannot overflow, so unlike
+    # e^{−z} it needs no np.errstate context, which costs more than a ufunc at batch 10.
+    np.multiply(z, 0.5, out=out)
+    np.tanh(out, out=out)
+    out *= 0.5
+    out += 0.5
     return out
 
 

@@ -50,6 +50,7 @@ class _Buffers:
         self.a = [np.empty((m, n), dtype) for n in sizes[1:]]
         self.delta = [np.empty((m, n), dtype) for n in sizes[1:]]
         self.scratch = [np.empty((m, n), dtype) for n in sizes[1:]]
+        self.ones = np.ones(m, dtype)  # BP3 as 1ᵀ δ: a BLAS call, not a strided reduction
 
 
 class Network:
@@ -105,7 +106,7 @@ class Network:
     def _forward(self, X: Array, buf: _Buffers) -> Array:
         a_prev = X
         for W, b, act, z, a in zip(self.W, self.b, self.activations, buf.z, buf.a, strict=True):
-            np.matmul(a_prev, W.T, out=z)  # Z^l = A^{l-1} (W^l)^T + b^l
+            np.dot(a_prev, W.T, out=z)  # Z^l = A^{l-1} (W^l)^T + b^l
             z += b
             act.fn(z, a)
             a_prev = a
@@ -126,11 +127,11 @@ class Network:
         )
         for l in range(L, 0, -1):
             a_prev = X if l == 1 else buf.a[l - 2]
-            np.matmul(delta.T, a_prev, out=self.gW[l - 1])  # BP4: ∂C/∂W^l = Σ_x δ^l (a^{l-1})^T
-            np.sum(delta, axis=0, out=self.gb[l - 1])  # BP3: ∂C/∂b^l = Σ_x δ^l
+            np.dot(delta.T, a_prev, out=self.gW[l - 1])  # BP4: ∂C/∂W^l = Σ_x δ^l (a^{l-1})^T
+            np.dot(buf.ones, delta, out=self.gb[l - 1])  # BP3: ∂C/∂b^l = Σ_x δ^l
             if l > 1:
                 # BP2: δ^{l-1} = ((W^l)^T δ^l) ⊙ σ'(z^{l-1}); rows are samples, hence δ W.
-                prev = np.matmul(delta, self.W[l - 1], out=buf.delta[l - 2])
+                prev = np.dot(delta, self.W[l - 1], out=buf.delta[l - 2])
                 prev *= self.activations[l - 2].prime(
                     buf.z[l - 2], buf.a[l - 2], buf.scratch[l - 2]
                 )

@@ -44,7 +44,7 @@ class TrainerConfig:
     batch_size: int = 10
     shuffle: bool = True
     dtype: str = "float64"
-    probe_size: int = 1000
+    probe_size: int = 256
     instruments: bool = True
     saturation_epsilon: float = DEFAULT_EPSILON
     max_loss: float = 1e6

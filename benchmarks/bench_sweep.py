@@ -1,0 +1,205 @@
+"""Costs around the core: tracking, sweeps and analysis, measured side by side in one run.
+
+    python benchmarks/bench_sweep.py            # about 5 minutes
+    python benchmarks/bench_sweep.py --quick    # about 2 minutes
+
+Prints one table of ratios with their targets (issue "Performance", items 4-6); nothing is
+asserted. Every subprocess gets its own temporary folder and a fresh SQLite store.
+- tracking: one digits run (64-30-10, 15 epochs, batch 10) with tracking on vs off, in one
+  process, interleaved; the MLflow share of the wall time is 1 - off/on;
+- sweep: the ``optimizers`` sweep with the sequential (basic) launcher vs joblib with 2 workers;
+  the per-job fixed overhead is the wall time of a 1-epoch sweep divided by its jobs;
+- analysis: all histories of a 100-run sweep into pandas with ``bpexp.analysis.history`` (the
+  bulk path: one ``history.parquet`` artifact a run) vs ``MlflowClient.get_metric_history``
+  (one request per run and metric).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import mlflow
+
+    return (
+        f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"numpy {np.__version__}, mlflow {mlflow.__version__}"
+    )
+
+
+def cli(args: list[str], cwd: Path) -> float:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "BPEXP_"))}
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "bpexp", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"bpexp {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
+    return elapsed
+
+
+def fresh_store(folder: Path) -> str:
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    return uri
+
+
+def bench_tracking(rounds: int) -> list[tuple[str, float, str, str]]:
+    import bpexp
+
+    with tempfile.TemporaryDirectory() as tmp:
+        uri = fresh_store(Path(tmp))
+        base = ["trainer.epochs=15", "seed=0"]
+        bpexp.run([f"tracking.uri={uri}", *base])  # warm-up: imports, fonts, schema
+        on, off, off_plots = [], [], []
+        for _ in range(rounds):
+            t = time.perf_counter()
+            bpexp.run(["tracking.enabled=false", *base])
+            off.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            bpexp.run([f"tracking.uri={uri}", *base, "+force=true"])
+            on.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            bpexp.run([f"tracking.uri={uri}", *base, "+force=true", "tracking.plots=false"])
+            off_plots.append(time.perf_counter() - t)
+    t_on, t_off, t_np = (statistics.median(x) for x in (on, off, off_plots))
+    return [
+        ("digits run, tracking off (s)", t_off, "", ""),
+        ("digits run, tracking on (s)", t_on, "", ""),
+        (
+            "MLflow share of a run's wall time",
+            1 - t_off / t_on,
+            "<= 0.10",
+            "PASS" if 1 - t_off / t_on <= 0.10 else "MISS",
+        ),
+        ("  of which per-run PNG plots", (t_on - t_np) / t_on, "", ""),
+    ]
+
+
+def bench_sweep(quick: bool) -> list[tuple[str, float, str, str]]:
+    grid = ["optimizer.lr=0.1,1.0", "seed=0,1"] if quick else []
+    rows = []
+    times = {}
+    for name, extra in (
+        ("basic", []),
+        ("joblib", ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]),
+    ):
+        with tempfile.TemporaryDirectory() as tmp:
+            times[name] = cli(["sweep=optimizers", *grid, *extra], Path(tmp))
+    jobs = 12 if quick else 45
+    rows.append((f"optimizers sweep ({jobs} jobs), basic launcher (s)", times["basic"], "", ""))
+    rows.append((f"optimizers sweep ({jobs} jobs), joblib 2 workers (s)", times["joblib"], "", ""))
+    speedup = times["basic"] / times["joblib"]
+    rows.append(
+        ("joblib speed-up over sequential", speedup, ">= 1.7", "PASS" if speedup >= 1.7 else "MISS")
+    )
+    for name, extra in (
+        ("basic", []),
+        ("joblib", ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]),
+    ):
+        with tempfile.TemporaryDirectory() as tmp:
+            n = 12
+            t = cli(
+                [
+                    "-m",
+                    "optimizer=sgd,momentum,nesterov",
+                    "seed=0,1,2,3",
+                    "trainer.epochs=1",
+                    "data=pixels3x4",
+                    "network=pixels",
+                    "trainer.batch_size=64",
+                    *extra,
+                ],
+                Path(tmp),
+            )
+            rows.append((f"per-job fixed overhead, {name} (s/job, 1-epoch jobs)", t / n, "", ""))
+    return rows
+
+
+def bench_analysis(quick: bool) -> list[tuple[str, float, str, str]]:
+    from mlflow import MlflowClient
+
+    from bpexp import analysis
+
+    n_runs = 30 if quick else 100
+    seeds = ",".join(str(s) for s in range(n_runs // 10))
+    with tempfile.TemporaryDirectory() as tmp:
+        uri = fresh_store(Path(tmp))
+        cli(
+            [
+                "-m",
+                "optimizer=sgd,nesterov",
+                "optimizer.lr=0.1,0.3,1.0,3.0,10.0",
+                f"seed={seeds}",
+                "trainer.epochs=15",
+                f"tracking.uri={uri}",
+                "tracking.plots=false",
+            ],
+            Path(tmp),
+        )
+        frame = analysis.runs(tracking_uri=uri)
+        start = time.perf_counter()
+        bulk = analysis.history(frame, tracking_uri=uri)
+        t_bulk = time.perf_counter() - start
+        client = MlflowClient(tracking_uri=uri)
+        start = time.perf_counter()
+        points = 0
+        for run_id in frame["run_id"]:
+            for key in client.get_run(run_id).data.metrics:
+                points += len(client.get_metric_history(run_id, key))
+        t_each = time.perf_counter() - start
+    assert points == len(bulk), (points, len(bulk))
+    return [
+        (
+            f"load all histories of {len(frame)} runs ({points} points), bulk (s)",
+            t_bulk,
+            "<= 3 s",
+            "PASS" if t_bulk <= 3 else "MISS",
+        ),
+        ("  same with get_metric_history per run and metric (s)", t_each, "", ""),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    print(f"machine: {machine()}")
+    rows = bench_tracking(3 if args.quick else 7)
+    rows += bench_sweep(args.quick)
+    rows += bench_analysis(args.quick)
+    width = max(len(r[0]) for r in rows)
+    print(f"{'measure':<{width}}  {'value':>9}  {'target':>8}  result")
+    for name, value, target, verdict in rows:
+        print(f"{name:<{width}}  {value:>9.3f}  {target:>8}  {verdict}")
+
+
+if __name__ == "__main__":
+    main()
