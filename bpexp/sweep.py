@@ -192,5 +192,14 @@ def _close_parent(uri: str, parent: str, sweep_dir: Path, table: pd.DataFrame, s
     client = tr.connect(uri)
     try:
         client.log_artifact(parent, str(sweep_dir / "summary.csv"))
+        # --- sweep report (bpexp.report): comparison, plots and sweep/ metrics on the parent.
+        # Best effort: a report failure must not lose the summary or leave the parent open.
+        try:
+            from bpexp import report
+
+            report.log_sweep(client, parent, sweep_dir, table)
+        except Exception as exc:
+            print(f"warning: no sweep report: {type(exc).__name__}: {exc}", file=sys.stderr)
+        # --- end of sweep report
     finally:
         client.set_terminated(parent, status=status)

@@ -1,0 +1,294 @@
+"""bpexp.analysis on a real store filled by a tiny real sweep, and compare() on edge cases."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+from mlflow.entities import Metric
+
+from bpexp import analysis
+from tests.conftest import run_cli
+
+# Two-sided 95% Student t quantiles from a printed table (df 1, 2, 29).
+T95 = {1: 12.7062, 2: 4.3027, 29: 2.0452}
+ARMS = {"sgd", "momentum/classical", "nesterov"}
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory) -> dict:
+    """3 optimizers x lr {0.3, 1.0} x seeds {0, 1}, 2 epochs: 12 runs under one parent."""
+    folder = tmp_path_factory.mktemp("sweep")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    args = ["sweep=optimizers", "optimizer.lr=0.3,1.0", "seed=0,1", "trainer.epochs=2"]
+    out = run_cli([*args, f"tracking.uri={uri}"], cwd=folder)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (summary,) = folder.glob("multirun/*/*/summary.csv")
+    client = MlflowClient(tracking_uri=uri)
+    (parent,) = client.search_runs(["1"], "tags.`bpexp.kind` = 'sweep'")
+    return {"uri": uri, "summary": pd.read_csv(summary), "parent": parent.info.run_id}
+
+
+@pytest.fixture(scope="module")
+def frame(sweep) -> pd.DataFrame:
+    return analysis.runs(sweep="optimizers", tracking_uri=sweep["uri"])
+
+
+@pytest.fixture(scope="module")
+def hist(sweep, frame) -> pd.DataFrame:
+    return analysis.history(frame, tracking_uri=sweep["uri"])
+
+
+@pytest.mark.slow
+def test_runs_has_one_typed_row_per_child_run(sweep, frame):
+    assert len(frame) == 12
+    assert list(frame.columns[: len(analysis.RUN_COLUMNS)]) == analysis.RUN_COLUMNS
+    assert (frame["parent_run_id"] == sweep["parent"]).all()
+    assert (frame["outcome"] == "completed").all()
+    assert frame["optimizer.lr"].dtype == np.float64
+    assert frame["seed"].dtype == np.int64
+    assert frame["optimizer.bias_correction"].dtype == bool
+    assert set(frame["network.hidden"]) == {"[30]"}  # JSON list text stays text
+    assert set(frame["optimizer.lr"]) == {0.3, 1.0}
+    assert frame["data.path"].isna().all()  # "null" is NA
+    # Final metrics agree with the summary the jobs wrote themselves (another path entirely).
+    summary = sweep["summary"].set_index("run_id")
+    for column in ("val/loss", "val/accuracy", "test/accuracy", "train/loss"):
+        expected = summary.loc[frame["run_id"], column].to_numpy()
+        np.testing.assert_allclose(frame[column].to_numpy(), expected, rtol=1e-12)
+    for column in ("grad_norm/b1", "saturation/2", "train/batch_loss"):
+        assert frame[column].notna().all()
+
+
+@pytest.mark.slow
+def test_runs_filters(sweep, frame):
+    uri = sweep["uri"]
+    by_id = analysis.runs(sweep=sweep["parent"], tracking_uri=uri)
+    assert set(by_id["run_id"]) == set(frame["run_id"])
+    everything = analysis.runs(tracking_uri=uri, include_parents=True)
+    assert len(everything) == 13 and sweep["parent"] in set(everything["run_id"])
+    assert len(analysis.runs(tracking_uri=uri)) == 12
+    sgd = analysis.runs(tags={"optimizer": "sgd"}, tracking_uri=uri)
+    assert len(sgd) == 4 and set(sgd["optimizer.name"]) == {"sgd"}
+    picked = analysis.runs(params={"optimizer.lr": 0.3, "seed": [0]}, tracking_uri=uri)
+    assert len(picked) == 3 and set(picked["seed"]) == {0}
+    with pytest.raises(ValueError, match="optimizers"):
+        analysis.runs(sweep="no-such-sweep", tracking_uri=uri)
+    with pytest.raises(ValueError, match="no-such-experiment"):
+        analysis.runs("no-such-experiment", tracking_uri=uri)
+
+
+@pytest.mark.slow
+def test_history_is_every_point_in_long_format(sweep, frame, hist):
+    assert list(hist.columns) == [*analysis.HISTORY_COLUMNS, *analysis.HISTORY_PARAMS]
+    assert hist.attrs["from_store"] == []
+    assert set(hist["run_id"]) == set(frame["run_id"])
+    epochs = hist[hist["metric"] == "val/loss"]
+    assert len(epochs) == 12 * 3 and set(epochs["step"]) == {0, 1, 2}
+    # Same points as the store's own metric history, per-epoch and per-step alike.
+    client = MlflowClient(tracking_uri=sweep["uri"])
+    run_id = frame["run_id"].iloc[0]
+    for metric in ("val/loss", "train/batch_loss", "grad_norm/W1"):
+        stored = sorted((m.step, m.value) for m in client.get_metric_history(run_id, metric))
+        mine = hist[(hist["run_id"] == run_id) & (hist["metric"] == metric)]
+        assert list(zip(mine["step"], mine["value"], strict=True)) == stored
+    row = frame.iloc[0]
+    mine = hist[hist["run_id"] == run_id].iloc[0]
+    assert mine["optimizer.lr"] == row["optimizer.lr"] and mine["seed"] == row["seed"]
+
+
+@pytest.mark.slow
+def test_history_selects_metrics_and_accepts_run_ids(sweep, frame, hist):
+    ids = list(frame["run_id"][:3])
+    picked = analysis.history(ids, metrics=["val/*"], params=["seed"], tracking_uri=sweep["uri"])
+    assert list(picked.columns) == [*analysis.HISTORY_COLUMNS, "seed"]
+    assert set(picked["metric"]) == {"val/loss", "val/accuracy"}
+    assert len(picked) == 3 * 2 * 3
+    expected = hist[hist["run_id"].isin(ids) & hist["metric"].str.startswith("val/")]
+    pd.testing.assert_frame_equal(
+        picked.reset_index(drop=True), expected[picked.columns].reset_index(drop=True)
+    )
+    with pytest.raises(ValueError, match="nope"):
+        analysis.history(frame, params=["nope"], tracking_uri=sweep["uri"])
+
+
+@pytest.mark.slow
+def test_history_falls_back_to_the_store_without_the_artifact(sweep):
+    client = MlflowClient(tracking_uri=sweep["uri"])
+    run = client.create_run(client.get_experiment_by_name("bpexp").experiment_id)
+    run_id = run.info.run_id
+    points = [Metric("val/loss", 1.0 / (s + 1), 0, s) for s in range(4)]
+    client.log_batch(run_id, metrics=points, params=[], tags=[])
+    client.log_param(run_id, "seed", "7")
+    client.set_terminated(run_id)
+    out = analysis.history([run_id], tracking_uri=sweep["uri"])
+    assert out.attrs["from_store"] == [run_id]
+    assert list(out["step"]) == [0, 1, 2, 3]
+    assert list(out["value"]) == [1.0, 0.5, 1 / 3, 0.25]
+    assert set(out["seed"]) == {7}
+    client.delete_run(run_id)
+
+
+def _by_hand(frame: pd.DataFrame, name: str) -> dict:
+    """The best lr of one optimizer and its statistics, with plain numpy."""
+    arm = frame[frame["optimizer.name"] == name]
+    lrs = sorted(set(arm["optimizer.lr"]))
+    means = [arm.loc[arm["optimizer.lr"] == lr, "val/loss"].to_numpy().mean() for lr in lrs]
+    lr = lrs[int(np.argmin(means))]
+    best = arm[arm["optimizer.lr"] == lr].sort_values("seed")
+    loss, accuracy = best["val/loss"].to_numpy(), best["val/accuracy"].to_numpy()
+    n = len(loss)
+    return {
+        "lr": lr,
+        "seeds": best["seed"].to_numpy(),
+        "loss": loss,
+        "mean": loss.mean(),
+        "std": loss.std(ddof=1),
+        "ci": T95[n - 1] * loss.std(ddof=1) / np.sqrt(n),
+        "acc_mean": accuracy.mean(),
+        "acc_ci": T95[n - 1] * accuracy.std(ddof=1) / np.sqrt(n),
+    }
+
+
+@pytest.mark.slow
+def test_compare_matches_a_hand_computation(frame, hist):
+    table = analysis.compare(frame, hist)
+    assert len(table) == 3 and set(table["arm"]) == ARMS
+    hand = {name: _by_hand(frame, name) for name in ("sgd", "momentum", "nesterov")}
+    assert list(table["val/loss_mean"]) == sorted(table["val/loss_mean"])  # best arm first
+    best = table["optimizer.name"].iloc[0]
+    for _, row in table.iterrows():
+        h = hand[row["optimizer.name"]]
+        assert row["optimizer.lr"] == h["lr"]
+        assert row["seeds"] == 2 and row["runs"] == 4
+        assert row["diverged"] == 0 and row["failed"] == 0
+        assert row["val/loss_mean"] == pytest.approx(h["mean"], rel=1e-12)
+        assert row["val/loss_std"] == pytest.approx(h["std"], rel=1e-12)
+        assert row["val/loss_ci95"] == pytest.approx(h["ci"], rel=1e-4)  # table t to 4 places
+        assert row["val/accuracy_mean"] == pytest.approx(h["acc_mean"], rel=1e-12)
+        assert row["val/accuracy_ci95"] == pytest.approx(h["acc_ci"], rel=1e-4)
+        assert len(row["run_ids"]) == 2
+        # Paired by seed against the best arm.
+        assert list(h["seeds"]) == list(hand[best]["seeds"])
+        d = h["loss"] - hand[best]["loss"]
+        assert row["paired_seeds"] == 2
+        assert row["diff_vs_best_mean"] == pytest.approx(d.mean(), abs=1e-12)
+        if row["optimizer.name"] != best:
+            ci = T95[1] * d.std(ddof=1) / np.sqrt(2)
+            assert row["diff_vs_best_ci95"] == pytest.approx(ci, rel=1e-4)
+
+
+@pytest.mark.slow
+def test_compare_epochs_to_target(frame, hist):
+    val = hist[hist["metric"] == "val/loss"]
+    target = float(np.median(val.loc[val["step"] > 0, "value"]))
+    table = analysis.compare(frame, hist, target_loss=target, target_accuracy=0.0)
+    for _, row in table.iterrows():
+        firsts = []
+        for run_id in row["run_ids"]:
+            points = val[val["run_id"] == run_id].sort_values("step")
+            hit = points.loc[points["value"] <= target, "step"]
+            firsts.append(hit.iloc[0] if len(hit) else math.nan)
+        assert row["target_loss_reached"] == sum(not math.isnan(f) for f in firsts)
+        if row["target_loss_reached"] == 2:
+            assert row["epochs_to_target_loss"] == np.mean(firsts)
+        else:
+            assert math.isnan(row["epochs_to_target_loss"])
+        assert row["epochs_to_target_accuracy"] == 0.0  # accuracy >= 0 at initialisation
+    never = analysis.compare(frame, hist, target_loss=0.0)
+    assert never["epochs_to_target_loss"].isna().all()
+    assert (never["target_loss_reached"] == 0).all()
+    with pytest.raises(ValueError, match="history_frame"):
+        analysis.compare(frame, target_loss=0.1)
+
+
+def _synthetic() -> pd.DataFrame:
+    rows = []
+
+    def add(name, form, bc, lr, seed, loss, outcome="completed"):
+        rows.append(
+            {
+                "run_id": f"{len(rows):032x}",
+                "outcome": outcome,
+                "optimizer.name": name,
+                "optimizer.form": form,
+                "optimizer.bias_correction": bc,
+                "optimizer.lr": lr,
+                "optimizer.beta": 0.9,
+                "seed": seed,
+                "val/loss": loss,
+                "val/accuracy": 1 - loss,
+            }
+        )
+
+    for seed, loss in enumerate([0.30, 0.32, 0.34]):
+        add("momentum", "ema", False, 0.1, seed, loss)
+    add("momentum", "ema", False, 1.0, 0, 0.05)
+    add("momentum", "ema", False, 1.0, 1, 0.05)
+    add("momentum", "ema", False, 1.0, 2, math.nan, "diverged")  # would be best without it
+    add("momentum", "ema", False, 3.0, 0, math.nan, "failed")
+    for seed, loss in enumerate([0.20, 0.25]):
+        add("momentum", "ema", True, 1.0, seed, loss)
+    add("sgd", "classical", False, 1.0, 5, 0.5)  # no seed in common with the others
+    return pd.DataFrame(rows)
+
+
+def test_compare_counts_divergence_and_pairs_only_shared_seeds():
+    table = analysis.compare(_synthetic()).set_index("arm")
+    assert list(table.index) == ["momentum/ema+bc", "momentum/ema", "sgd"]
+    assert "optimizer.bias_correction" in table.columns  # it varies, so it makes arms
+    ema = table.loc["momentum/ema"]
+    assert ema["optimizer.lr"] == 0.1  # the diverged seed rules lr = 1.0 out
+    assert (ema["runs"], ema["diverged"], ema["failed"], ema["seeds"]) == (7, 1, 1, 3)
+    assert ema["val/loss_mean"] == pytest.approx(0.32)
+    assert ema["val/loss_ci95"] == pytest.approx(T95[2] * 0.02 / np.sqrt(3), rel=1e-4)
+    # Paired against momentum/ema+bc on seeds 0 and 1: differences 0.10 and 0.07.
+    assert ema["paired_seeds"] == 2
+    assert ema["diff_vs_best_mean"] == pytest.approx(0.085)
+    assert ema["diff_vs_best_ci95"] == pytest.approx(
+        T95[1] * np.std([0.1, 0.07], ddof=1) / 2**0.5, rel=1e-4
+    )
+    sgd = table.loc["sgd"]
+    assert sgd["paired_seeds"] == 0 and math.isnan(sgd["diff_vs_best_mean"])
+    assert sgd["seeds"] == 1 and math.isnan(sgd["val/loss_ci95"])
+
+
+def test_student_t_quantiles():
+    for df, t in T95.items():
+        assert analysis.t_quantile(df) == pytest.approx(t, abs=1e-4)
+
+
+def test_arm_labels_follow_run_names():
+    by = ["optimizer.name", "optimizer.form", "optimizer.bias_correction", "trainer.batch_size"]
+    values = {
+        "optimizer.name": "momentum",
+        "optimizer.form": "ema",
+        "optimizer.bias_correction": True,
+        "trainer.batch_size": 10,
+    }
+    assert analysis.arm_label(values, by) == "momentum/ema+bc trainer.batch_size=10"
+    assert analysis.arm_label({**values, "optimizer.name": "sgd"}, by[:2]) == "sgd"
+
+
+@pytest.mark.slow
+def test_settings_varied_finds_the_swept_params(frame):
+    by, over = analysis.settings_varied(frame)
+    assert by == ["optimizer.name", "optimizer.form"]
+    assert over == ["optimizer.lr", "optimizer.beta"]
+    batch = frame.assign(**{"trainer.batch_size": np.where(frame["seed"] == 0, 10, 100)})
+    assert analysis.settings_varied(batch)[0][-1] == "trainer.batch_size"
+
+
+def test_job_history_reads_the_sweep_result_files(tmp_path: Path):
+    (tmp_path / "results").mkdir()
+    part = pd.DataFrame({"job": 0, "step": [0, 1], "metric": "val/loss", "value": [1.0, 0.5]})
+    part.to_parquet(tmp_path / "results" / "0.parquet", index=False)
+    table = pd.DataFrame({"job": [0, 1], "run_id": ["a" * 32, None]})
+    out = analysis.job_history(tmp_path, table)
+    assert list(out.columns) == analysis.HISTORY_COLUMNS
+    assert list(out["run_id"]) == ["a" * 32] * 2 and list(out["value"]) == [1.0, 0.5]

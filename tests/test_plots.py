@@ -1,0 +1,115 @@
+"""Plots: run-level ones on a real run's history, sweep-level ones on small known frames."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.collections import PathCollection, PolyCollection
+from matplotlib.figure import Figure
+from matplotlib.image import AxesImage, imread
+
+import bpexp
+from bpexp import plots
+
+
+@pytest.fixture(scope="module")
+def run_history() -> pd.DataFrame:
+    """A real 2-epoch run's per-epoch history, tidy: ``metric, step, value``."""
+    result = bpexp.run(["trainer.epochs=2", "tracking.enabled=false"])
+    tidy = result.history.reset_index().melt(id_vars="epoch", var_name="metric")
+    return tidy.rename(columns={"epoch": "step"})
+
+
+def _sweep_history() -> pd.DataFrame:
+    """Two arms x two seeds x epochs 0..3; value = known function of arm, seed and step."""
+    rows = []
+    for a, arm in enumerate(["sgd", "nesterov"]):
+        for seed in (0, 1):
+            for step in range(4):
+                base = (a + 1) * (1 + seed) / (step + 1)
+                rows += [
+                    (f"{arm}{seed}", "train/loss", step, base, arm),
+                    (f"{arm}{seed}", "val/loss", step, base + 0.1, arm),
+                    (f"{arm}{seed}", "grad_norm/b1", step, 0.01 * base, arm),
+                    (f"{arm}{seed}", "grad_norm/b2", step, 0.1 * base, arm),
+                    (f"{arm}{seed}", "saturation/1", step, 0.1 * step, arm),
+                    (f"{arm}{seed}", "saturation/2", step, 0.2 * a, arm),
+                ]
+    return pd.DataFrame(rows, columns=["run_id", "metric", "step", "value", "arm"])
+
+
+def test_run_plots_keep_their_signatures(run_history, tmp_path):
+    for name, plot in plots.RUN_PLOTS.items():
+        fig = plot(run_history, plots.new_axes())
+        assert isinstance(fig, Figure)
+        fig.savefig(tmp_path / name)
+        assert imread(tmp_path / name).ndim == 3
+    ax = plots.new_axes()
+    plots.loss_curves(run_history, ax)
+    assert [line.get_label() for line in ax.get_lines()] == ["train/loss", "val/loss"]
+
+
+def test_arm_curves_draw_the_mean_and_a_std_band():
+    history = _sweep_history()
+    ax = plots.new_axes()
+    fig = plots.arm_curves(history, ax)
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert set(lines) == {
+        f"{arm} {m} (n=2)" for arm in ("sgd", "nesterov") for m in ("train/loss", "val/loss")
+    }
+    # nesterov (a = 1) val/loss at step s: mean over seeds of 2 (1 + seed) / (s + 1) + 0.1.
+    y = lines["nesterov val/loss (n=2)"].get_ydata()
+    np.testing.assert_allclose(y, [3 / (s + 1) + 0.1 for s in range(4)])
+    assert lines["sgd train/loss (n=2)"].get_linestyle() == "--"
+    bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
+    assert len(bands) == 4
+    assert isinstance(fig, Figure)
+
+
+def test_lr_sensitivity_uses_log_lr_and_marks_diverged_runs():
+    runs = pd.DataFrame(
+        {
+            "arm": ["sgd"] * 4 + ["nesterov"] * 4,
+            "optimizer.lr": [0.1, 0.1, 1.0, 1.0] * 2,
+            "val/loss": [0.5, 0.7, 0.2, 0.4, 0.3, 0.3, math.nan, 0.1],
+            "outcome": ["completed"] * 6 + ["diverged", "completed"],
+        }
+    )
+    ax = plots.new_axes()
+    plots.lr_sensitivity(runs, ax)
+    assert ax.get_xscale() == "log"
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    np.testing.assert_allclose(lines["sgd"].get_ydata(), [0.6, 0.3])
+    nesterov = lines["nesterov"].get_ydata()
+    assert nesterov[0] == pytest.approx(0.3) and math.isnan(nesterov[1])  # a seed diverged
+    crosses = [c for c in ax.collections if c.get_label() == "diverged (any arm)"]
+    assert len(crosses) == 1 and isinstance(crosses[0], PathCollection)
+    assert crosses[0].get_offsets()[:, 0].tolist() == [1.0]
+
+
+def test_arm_grad_norms_and_saturation(tmp_path):
+    history = _sweep_history()
+    ax = plots.new_axes()
+    plots.arm_grad_norms(history, ax)
+    assert ax.get_yscale() == "log"
+    assert len(ax.get_lines()) == 2 * 2  # arms x layers
+    ax = plots.new_axes()
+    fig = plots.arm_saturation(history, ax)
+    (image,) = [a for a in ax.get_children() if isinstance(a, AxesImage)]
+    data = image.get_array()
+    assert data.shape == (2 * 2, 4)  # (arm, layer) rows x epochs
+    # Rows sorted by arm then layer: nesterov·1, nesterov·2, sgd·1, sgd·2.
+    np.testing.assert_allclose(data[0], [0.0, 0.1, 0.2, 0.3])
+    np.testing.assert_allclose(data[1], [0.2] * 4)
+    np.testing.assert_allclose(data[3], [0.0] * 4)
+    fig.savefig(tmp_path / "s.png")
+    assert imread(tmp_path / "s.png").ndim == 3
+
+
+def test_arm_colors_are_stable_across_plots():
+    first = plots.arm_colors(["sgd", "nesterov", "sgd"])
+    assert first == plots.arm_colors(["nesterov", "sgd"])
+    assert first["nesterov"] != first["sgd"]

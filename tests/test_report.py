@@ -1,0 +1,237 @@
+"""Sweep reports: at the end of a real multirun, from the command line, and when they fail."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.image import imread
+from mlflow import MlflowClient
+from mlflow.utils.validation import validate_param_and_metric_name
+
+from bpexp import analysis, report, sweep
+from tests.conftest import cli_env, run_cli
+
+ARM_KEYS = {"sgd", "momentum-classical", "nesterov"}
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory) -> dict:
+    """3 optimizers x lr {0.3, 1.0} x seeds {0, 1}, 2 epochs; its end writes the report."""
+    folder = tmp_path_factory.mktemp("sweep")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    args = ["sweep=optimizers", "optimizer.lr=0.3,1.0", "seed=0,1", "trainer.epochs=2"]
+    out = run_cli([*args, f"tracking.uri={uri}"], cwd=folder)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (sweep_dir,) = [p.parent for p in folder.glob("multirun/*/*/summary.csv")]
+    client = MlflowClient(tracking_uri=uri)
+    (parent,) = client.search_runs(["1"], "tags.`bpexp.kind` = 'sweep'")
+    return {"uri": uri, "dir": folder, "sweep_dir": sweep_dir, "parent": parent, "out": out}
+
+
+def _check_report_folder(folder: Path) -> str:
+    """Every plot exists, opens as an image and is linked from index.md; returns the page."""
+    page = (folder / "index.md").read_text()
+    for name in report.PLOT_FILES:
+        image = imread(folder / name)
+        assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100, name
+        assert f"]({name})" in page, name
+    for arm in ("sgd", "momentum/classical", "nesterov"):
+        assert re.search(rf"^\| {re.escape(arm)} \| ", page, re.MULTILINE), arm
+    comparison = pd.read_csv(folder / "comparison.csv")
+    assert len(comparison) == 3 and "val/loss_ci95" in comparison.columns
+    assert len(pd.read_csv(folder / "runs.csv")) == 12
+    return page
+
+
+@pytest.mark.slow
+def test_multirun_end_logs_report_and_sweep_metrics_to_the_parent(swept):
+    assert f"report: {swept['sweep_dir'] / 'report' / 'index.md'}" in swept["out"].stdout
+    _check_report_folder(swept["sweep_dir"] / "report")
+    client = MlflowClient(tracking_uri=swept["uri"])
+    parent = client.get_run(swept["parent"].info.run_id)
+    assert parent.info.status == "FINISHED"
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    expected = {f"report/{name}" for name in [*report.PLOT_FILES, "index.md", "comparison.csv"]}
+    assert expected <= logged
+    assert "summary.csv" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    keys = set(parent.data.metrics)
+    for name in ("val_loss", "val_accuracy", "train_loss"):
+        assert {f"sweep/{name}/{arm}" for arm in ARM_KEYS} <= keys
+
+
+@pytest.mark.slow
+def test_sweep_metrics_are_each_arms_mean_over_seeds_at_its_best_lr(swept):
+    # Recomputed from the store (history.parquet artifacts); the sweep used its job files.
+    runs = analysis.runs(sweep="optimizers", tracking_uri=swept["uri"])
+    hist = analysis.history(runs, metrics=["val/loss"], tracking_uri=swept["uri"])
+    comparison = analysis.compare(runs, hist)
+    client = MlflowClient(tracking_uri=swept["uri"])
+    parent_id = swept["parent"].info.run_id
+    for _, row in comparison.iterrows():
+        points = hist[hist["run_id"].isin(row["run_ids"])]
+        expected = points.groupby("step")["value"].mean()
+        key = report.metric_key("sweep", "val_loss", row["arm"])
+        logged = sorted((m.step, m.value) for m in client.get_metric_history(parent_id, key))
+        assert [s for s, _ in logged] == [0, 1, 2]
+        np.testing.assert_allclose([v for _, v in logged], expected.to_numpy(), rtol=1e-12)
+
+
+@pytest.mark.slow
+def test_report_command_writes_the_default_folder_and_logs_it(swept, tmp_path):
+    parent_id = swept["parent"].info.run_id
+    proc = subprocess.run(
+        [sys.executable, "-m", "bpexp.report", "--tracking-uri", swept["uri"]],
+        cwd=tmp_path,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    folder = tmp_path / "reports" / f"optimizers-{parent_id[:8]}"
+    assert str(folder / "index.md") in proc.stdout
+    page = _check_report_folder(folder)
+    assert parent_id in page and "Student t" in page
+    # The sweep metrics existed already: the command must not log them a second time.
+    client = MlflowClient(tracking_uri=swept["uri"])
+    history = client.get_metric_history(parent_id, "sweep/val_loss/sgd")
+    assert len(history) == 3
+
+
+@pytest.mark.slow
+def test_report_main_by_parent_id_into_a_chosen_folder(swept, tmp_path):
+    parent_id = swept["parent"].info.run_id
+    out = tmp_path / "mine"
+    args = [parent_id, "--tracking-uri", swept["uri"], "--out", str(out), "--no-log"]
+    args += ["--target-loss", "0.5", "--target-accuracy", "0.2"]
+    assert report.main(args) == 0
+    page = _check_report_folder(out)
+    assert "epochs to target loss" in page and "epochs to target accuracy" in page
+    comparison = pd.read_csv(out / "comparison.csv")
+    assert comparison["target_loss_reached"].between(0, 2).all()
+
+
+@pytest.mark.slow
+def test_report_main_names_the_known_sweeps_when_one_is_missing(swept, capsys):
+    assert report.main(["nope", "--tracking-uri", swept["uri"], "--no-log"]) == 2
+    assert "optimizers" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_rerun_whose_jobs_are_all_skipped_still_reports_them(swept, tmp_path):
+    # A copy of the store, so the rerun's parent does not become the others' "latest sweep".
+    shutil.copy(swept["dir"] / "mlflow.db", tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ["sweep=optimizers", "optimizer.lr=0.3,1.0", "seed=0,1", "trainer.epochs=2"]
+    out = run_cli([*args, f"tracking.uri={uri}"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "12 skipped" in out.stdout and "warning" not in out.stderr
+    # The new parent has no children; its summary.csv names the runs that were reused.
+    runs = analysis.runs(sweep="optimizers", tracking_uri=uri)
+    old_parent = swept["parent"].info.run_id
+    assert len(runs) == 12 and set(runs["parent_run_id"]) == {old_parent}
+    client = MlflowClient(tracking_uri=uri)
+    (rerun,) = [
+        r
+        for r in client.search_runs(["1"], "tags.`bpexp.kind` = 'sweep'")
+        if r.info.run_id != old_parent
+    ]
+    assert "report/index.md" in {a.path for a in client.list_artifacts(rerun.info.run_id, "report")}
+    for key, value in swept["parent"].data.metrics.items():
+        assert rerun.data.metrics[key] == pytest.approx(value, rel=1e-12), key
+
+
+@pytest.mark.slow
+def test_a_failing_report_keeps_the_summary_and_closes_the_parent(
+    swept, tmp_path, monkeypatch, capsys
+):
+    client = MlflowClient(tracking_uri=swept["uri"])
+    parent = client.create_run("1", tags={"bpexp.kind": "sweep", "sweep": "broken"})
+    table = pd.DataFrame({"job": [0], "outcome": ["completed"], "run_id": [None]})
+    table.to_csv(tmp_path / "summary.csv", index=False)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("plotting exploded")
+
+    monkeypatch.setattr(report, "log_sweep", broken)
+    sweep._close_parent(swept["uri"], parent.info.run_id, tmp_path, table, "FINISHED")
+    assert "warning: no sweep report: RuntimeError: plotting exploded" in capsys.readouterr().err
+    assert client.get_run(parent.info.run_id).info.status == "FINISHED"
+    assert [a.path for a in client.list_artifacts(parent.info.run_id)] == ["summary.csv"]
+    client.delete_run(parent.info.run_id)
+
+
+def test_metric_keys_are_valid_mlflow_names():
+    assert report.metric_key("sweep", "val_loss", "momentum/ema+bc") == (
+        "sweep/val_loss/momentum-ema-bc"
+    )
+    for arm in ("sgd trainer.batch_size=10", "x [30, 30] relu", "momentum/classical"):
+        key = report.metric_key("sweep", "val_loss", arm)
+        assert validate_param_and_metric_name(key) and key.count("/") == 2, key
+
+
+def _synthetic(cost_names=("quadratic", "cross_entropy")) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Runs without a validation split: 2 costs x 2 lrs x 2 seeds, and their histories."""
+    runs, points = [], []
+    for c, cost in enumerate(cost_names):
+        for lr in (0.1, 1.0):
+            for seed in (0, 1):
+                run_id = f"{len(runs):032x}"
+                final = (c + 1) * (0.5 if lr == 1.0 else 0.8) + 0.01 * seed
+                runs.append(
+                    {
+                        "run_id": run_id,
+                        "outcome": "completed",
+                        "cost.name": cost,
+                        "optimizer.name": "sgd",
+                        "optimizer.form": "classical",
+                        "optimizer.lr": lr,
+                        "optimizer.beta": 0.9,
+                        "seed": seed,
+                        "train/loss": final,
+                        "train/accuracy": 1 - final / 2,
+                    }
+                )
+                for step in range(3):
+                    value = final * (3 - step)
+                    points += [
+                        (run_id, "train/loss", step, value),
+                        (run_id, "train/accuracy", step, 1 - value / 6),
+                        (run_id, "grad_norm/b1", step, 0.1 / (step + 1)),
+                        (run_id, "saturation/1", step, 0.1 * step),
+                    ]
+    return pd.DataFrame(runs), pd.DataFrame(points, columns=analysis.HISTORY_COLUMNS)
+
+
+def test_write_report_without_validation_split_and_with_different_costs(tmp_path):
+    runs, history = _synthetic()
+    result = report.write_report(runs, history, tmp_path, title="synthetic")
+    page = result.index.read_text()
+    assert "by the mean final train/loss" in page  # no val/loss: ranked by train/loss
+    assert "cost.name differs between arms" in page
+    assert "vs best, paired" not in page  # losses of different costs are not comparable
+    assert set(result.comparison["arm"]) == {
+        "sgd cost.name=quadratic",
+        "sgd cost.name=cross_entropy",
+    }
+    assert set(result.comparison["optimizer.lr"]) == {1.0}
+    for name in report.PLOT_FILES:
+        assert imread(tmp_path / name).ndim == 3
+    metrics = report.parent_metrics(result.curves, timestamp=1)
+    keys = {m.key for m in metrics}
+    assert keys == {
+        "sweep/train_loss/sgd_cost.name_quadratic",
+        "sweep/train_loss/sgd_cost.name_cross_entropy",
+    }
+    quadratic = sorted((m.step, m.value) for m in metrics if m.key.endswith("quadratic"))
+    # Mean over seeds 0 and 1 at lr = 1.0: (0.5 + 0.51) / 2 (3 - step).
+    np.testing.assert_allclose([v for _, v in quadratic], [0.505 * (3 - s) for s in range(3)])
