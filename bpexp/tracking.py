@@ -78,12 +78,17 @@ def connect(uri: str, timeout: float = 10.0) -> MlflowClient:
     return client
 
 
+# MLflow 3's UI opens an experiment without this tag on its GenAI overview; with it, on the
+# training runs table and charts, where bpexp's runs are.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def ensure_experiment(client: MlflowClient, name: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
     try:
-        return client.create_experiment(name)
+        return client.create_experiment(name, tags=EXPERIMENT_KIND)
     except Exception:  # another process created it first
         experiment = client.get_experiment_by_name(name)
         if experiment is None:

@@ -251,3 +251,13 @@ def test_run_logs_to_a_real_mlflow_server(mlflow_server, tmp_path):
     folder = Path(client.download_artifacts(result.run_id, "", str(tmp_path)))
     table = pd.read_parquet(io.BytesIO((folder / "history.parquet").read_bytes()))
     assert (table["metric"] == "val/loss").sum() == 3
+
+
+def test_experiment_opens_on_the_training_runs_view(store_uri):
+    from bpexp.tracking import ensure_experiment
+
+    client = MlflowClient(tracking_uri=store_uri)
+    experiment_id = ensure_experiment(client, "fresh")
+    tags = client.get_experiment(experiment_id).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+    assert ensure_experiment(client, "fresh") == experiment_id
