@@ -301,7 +301,7 @@ def _log_run_artifacts(logger, cfg: DictConfig, exp: Experiment, plots: bool) ->
 
             (tmp_path / "plots").mkdir()
             for name, plot in RUN_PLOTS.items():
-                fig = plot(history, new_axes())
+                fig = plot(history, new_axes(layout=None))
                 fig.savefig(tmp_path / "plots" / name, dpi=80)
         logger.client.log_artifacts(logger.run_id, tmp)
 
