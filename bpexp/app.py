@@ -24,7 +24,7 @@ from bpexp.config import CONF_DIR, TrackingConfig, flatten, to_optimizer, valida
 from bpexp.cost import Cost, get_cost
 from bpexp.data import Dataset, load_dataset
 from bpexp.network import Network, initialize, save_weights
-from bpexp.optimizer import Optimizer
+from bpexp.optimizer import Optimizer, label
 from bpexp.rng import stream
 from bpexp.trainer import (
     EndRecord,
@@ -98,10 +98,7 @@ def build(cfg: DictConfig) -> Experiment:
 def run_name(cfg: DictConfig) -> str:
     """A name readable in the UI's run list: ``nesterov lr=0.5 beta=0.9 seed=1``."""
     opt = cfg.optimizer
-    parts = [opt.name]
-    if opt.name == "momentum":
-        parts[0] = f"momentum/{opt.form}" + ("+bc" if opt.bias_correction else "")
-    parts.append(f"lr={opt.lr:g}")
+    parts = [label(opt.name, opt.form, opt.bias_correction), f"lr={opt.lr:g}"]
     if opt.name in ("momentum", "nesterov", "adam"):
         parts.append(f"beta={opt.beta:g}")
     parts.append(f"seed={cfg.seed}")

@@ -35,6 +35,14 @@ State = dict[str, object]
 FORMS = ("classical", "ema")
 
 
+def label(name: str, form: str = "classical", bias_correction: bool = False) -> str:
+    """The name of an update rule in run names, reports and plots: ``sgd``,
+    ``momentum/classical``, ``momentum/ema+bc``, ``nesterov`` (the form only for momentum)."""
+    if name != "momentum":
+        return name
+    return f"momentum/{form}" + ("+bc" if bias_correction else "")
+
+
 @dataclass(frozen=True)
 class Optimizer:
     name: str
