@@ -8,6 +8,7 @@ python -m bpexp sweep=optimizers                 # a named sweep from sweeps/swe
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import hydra
@@ -35,17 +36,34 @@ def _hydra_main(cfg: DictConfig) -> None:
         sys.exit(2)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a cluster's preemption, ``kill``): handled like Ctrl-C, so the run in progress
+    is closed as KILLED with its metrics kept."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main() -> None:
-    interrupted = False
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    stopped = None
     try:
         _hydra_main()
-    except KeyboardInterrupt:
-        interrupted = True
+    except KeyboardInterrupt as exc:
+        stopped = "interrupted"
+        code = 143 if isinstance(exc, Terminated) else 130
+        sweep.finish(stopped)
+        print("interrupted: the run in progress was closed as KILLED", file=sys.stderr)
+        sys.exit(code)
+    except BaseException as exc:
+        if not isinstance(exc, SystemExit) or exc.code not in (0, None):
+            stopped = "aborted"
+        sweep.finish(stopped)
         raise
-    finally:
-        code = sweep.finish(interrupted=interrupted)
-        if code and not interrupted:
-            sys.exit(code)
+    code = sweep.finish()
+    if code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ import re
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -35,6 +34,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+from bpexp.optimizer import label
 
 HISTORY_ARTIFACT = "history.parquet"
 HISTORY_COLUMNS = ["run_id", "metric", "step", "value"]
@@ -382,14 +383,18 @@ def arm_columns(frame: pd.DataFrame, by: Sequence[str] = ARM_COLUMNS) -> list[st
 def arm_label(values: Mapping[str, object], by: Sequence[str]) -> str:
     """A readable arm name, like the run names: ``sgd``, ``momentum/ema+bc``, ``sgd cost.name=x``.
 
-    The form is named for momentum only (the other rules have one form).
+    The update rule is named by :func:`bpexp.optimizer.label`, as in the run names; its form
+    and bias correction only when they are arm columns (``by``).
     """
-    name = values.get("optimizer.name")
-    head = str(name) if "optimizer.name" in by else ""
-    if "optimizer.form" in by and name == "momentum":
-        head += f"/{values['optimizer.form']}"
-    if "optimizer.bias_correction" in by and values.get("optimizer.bias_correction") is True:
-        head += "+bc"
+    head = ""
+    if "optimizer.name" in by:
+        name = str(values["optimizer.name"])
+        head = name
+        if "optimizer.form" in by:
+            flag = values.get("optimizer.bias_correction", False)
+            # `is`, not ==: the column holds NA where a run did not log the param.
+            corrected = "optimizer.bias_correction" in by and (flag is True or flag is np.True_)
+            head = label(name, str(values["optimizer.form"]), corrected)
     special = ("optimizer.name", "optimizer.form", "optimizer.bias_correction")
     rest = [f"{key}={values[key]}" for key in by if key not in special]
     return " ".join(part for part in [head, *rest] if part) or "all"
@@ -425,12 +430,6 @@ def mean_std_ci(values: Sequence[float] | np.ndarray) -> tuple[float, float, flo
     return mean, std, t_quantile(x.size - 1) * std / math.sqrt(x.size)
 
 
-def _first_step(points: pd.DataFrame, target: float, below: bool) -> float:
-    """The first step whose value is <= target (``below``) or >= target; NaN if none."""
-    hit = points["value"] <= target if below else points["value"] >= target
-    return float(points.loc[hit, "step"].min()) if hit.any() else math.nan
-
-
 def _epochs_to(
     history_frame: pd.DataFrame, run_seeds: pd.Series, metric: str, target: float, below: bool
 ) -> tuple[float, int]:
@@ -439,9 +438,9 @@ def _epochs_to(
     points = history_frame[
         history_frame["run_id"].isin(run_seeds.index) & (history_frame["metric"] == metric)
     ]
-    first = points.groupby("run_id")[["step", "value"]].apply(
-        lambda p: _first_step(p, target, below)
-    )
+    hit = points["value"] <= target if below else points["value"] >= target
+    # The first step at or past the target per run; NaN for a run that never got there.
+    first = points[hit].groupby("run_id")["step"].min().astype(float)
     first = first.reindex(run_seeds.index)
     per_seed = first.groupby(run_seeds).mean()
     reached = int(per_seed.notna().sum())
@@ -477,7 +476,7 @@ def compare(
     ``metric`` (this arm minus the best arm, both at their best settings) over the seeds both
     ran, NaN where no seed is shared; ``run_ids``: the runs of the best setting.
     """
-    if metric not in runs_frame.columns:
+    if metric not in runs_frame.columns and not runs_frame.empty:
         raise ValueError(f"metric {metric!r} is not a column of the runs frame")
     if (target_loss is not None or target_accuracy is not None) and history_frame is None:
         raise ValueError("target_loss / target_accuracy need history_frame (analysis.history)")
@@ -486,6 +485,14 @@ def compare(
         accuracy = None
     by = arm_columns(runs_frame, by)
     over = [c for c in over if c in runs_frame.columns]
+    stats = [f"{m}_{s}" for m in (metric, accuracy) if m for s in ("mean", "std", "ci95")]
+    for kind, target in (("loss", target_loss), ("accuracy", target_accuracy)):
+        if target is not None:
+            stats += [f"epochs_to_target_{kind}", f"target_{kind}_reached"]
+    columns = ["arm", *by, *over, "seeds", *stats, "runs", "diverged", "failed"]
+    columns += ["diff_vs_best_mean", "diff_vs_best_ci95", "paired_seeds", "run_ids"]
+    if runs_frame.empty:
+        return pd.DataFrame(columns=columns)
     frame = runs_frame.copy()
     frame["arm"] = label_arms(frame, by)
     score = frame[metric].astype(float)
@@ -528,11 +535,9 @@ def compare(
         row["run_ids"] = tuple(best["run_id"])
         rows.append(row)
 
-    table = pd.DataFrame(rows)
-    key = f"{metric}_mean"
-    if key not in table.columns:
-        table[key] = math.nan
-    table = table.sort_values(key, kind="stable", na_position="last").reset_index(drop=True)
+    table = pd.DataFrame(rows, columns=columns)
+    table = table.sort_values(f"{metric}_mean", kind="stable", na_position="last")
+    table = table.reset_index(drop=True)
     best_arm = table.loc[0, "arm"]
     diffs = []
     for arm in table["arm"]:
@@ -546,11 +551,7 @@ def compare(
     table["diff_vs_best_mean"] = [d[0] for d in diffs]
     table["diff_vs_best_ci95"] = [d[1] for d in diffs]
     table["paired_seeds"] = [d[2] for d in diffs]
-    front = ["arm", *by, *over, "seeds"]
-    back = ["runs", "diverged", "failed", "diff_vs_best_mean", "diff_vs_best_ci95"]
-    back += ["paired_seeds", "run_ids"]
-    middle = [c for c in table.columns if c not in front + back]
-    return table[front + middle + back]
+    return table
 
 
 def best_runs(runs_frame: pd.DataFrame, comparison: pd.DataFrame) -> pd.DataFrame:
@@ -577,17 +578,3 @@ def settings_varied(frame: pd.DataFrame) -> tuple[list[str], list[str]]:
     return arm_columns(frame, [*ARM_COLUMNS, *varied]), [
         c for c in SETTING_COLUMNS if c in frame.columns
     ]
-
-
-def job_history(sweep_dir: Path, table: pd.DataFrame) -> pd.DataFrame:
-    """The per-epoch histories a sweep's jobs wrote (``results/<job>.parquet``) as a history
-    frame (``run_id, metric, step, value``), for the jobs of ``table`` that have a run id."""
-    jobs = table.dropna(subset=["run_id"]).set_index("job")["run_id"]
-    parts = []
-    for job, run_id in jobs.items():
-        path = Path(sweep_dir) / "results" / f"{job}.parquet"
-        if path.is_file():
-            part = pd.read_parquet(path, columns=["metric", "step", "value"])
-            part.insert(0, "run_id", str(run_id))
-            parts.append(part)
-    return stack_histories(parts)

@@ -7,12 +7,12 @@ with the input is checked in :func:`build` before a tracking run is created.
 
 from __future__ import annotations
 
-import signal
 import sys
 import tempfile
 import time
 import traceback
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,8 @@ from bpexp import config as config_module
 from bpexp.config import CONF_DIR, TrackingConfig, flatten, to_optimizer, validate
 from bpexp.cost import Cost, get_cost
 from bpexp.data import Dataset, load_dataset
-from bpexp.network import Network, initialize, save_weights
+from bpexp.errors import ConfigError
+from bpexp.network import Network, initialize, save_weights, weights
 from bpexp.optimizer import Optimizer, label
 from bpexp.rng import stream
 from bpexp.trainer import (
@@ -48,7 +49,7 @@ class Experiment:
     optimizer: Optimizer
     cost: Cost
     trainer: TrainerConfig
-    initial_params: np.ndarray
+    initial_weights: dict[str, np.ndarray]  # W1, b1, ..., WL, bL before any update
 
 
 @dataclass
@@ -61,12 +62,18 @@ class Result:
     weights: dict[str, np.ndarray]  # W1, b1, ..., WL, bL
     run_id: str | None = None
     skipped: bool = False
-    config: dict = field(default_factory=dict)
 
 
 def build(cfg: DictConfig) -> Experiment:
-    """Check the config and load what it names; raises ConfigError before anything runs."""
+    """Check the config and load what it names; raises ConfigError before anything runs.
+
+    Each check has one owner: the config (:func:`bpexp.config.validate`), the optimizer and the
+    cost (their constructors), the data loader, the trainer (sizes that need the data) and the
+    network (activations, initialisation, the init file).
+    """
     validate(cfg)
+    optimizer = to_optimizer(cfg.optimizer)
+    cost = get_cost(cfg.cost.name, cfg.network.output_activation)
     d = cfg.data
     data = load_dataset(
         d.name,
@@ -79,20 +86,17 @@ def build(cfg: DictConfig) -> Experiment:
         cache_dir=d.cache_dir,
         n_samples=d.n_samples,
     )
+    if data.task == "regression" and cost.name != "quadratic":
+        raise ConfigError(
+            f"cost.name={cost.name!r} needs class labels, but data.name={d.name!r} has "
+            "real-valued targets; use cost=quadratic (with network.output_activation=linear)"
+        )
     trainer_cfg = TrainerConfig(**OmegaConf.to_container(cfg.trainer, resolve=True))
     validate_trainer(trainer_cfg, data.X_train.shape[0])
     sizes = [data.n_inputs, *cfg.network.hidden, data.n_outputs]
     net = Network(sizes, cfg.network.activation, cfg.network.output_activation, cfg.trainer.dtype)
     initialize(net, cfg.network.init, stream(cfg.seed, "init"), cfg.network.init_path)
-    return Experiment(
-        cfg=cfg,
-        data=data,
-        net=net,
-        optimizer=to_optimizer(cfg.optimizer),
-        cost=get_cost(cfg.cost.name, cfg.network.output_activation),
-        trainer=trainer_cfg,
-        initial_params=net.params.copy(),
-    )
+    return Experiment(cfg, data, net, optimizer, cost, trainer_cfg, weights(net))
 
 
 def run_name(cfg: DictConfig) -> str:
@@ -103,13 +107,6 @@ def run_name(cfg: DictConfig) -> str:
         parts.append(f"beta={opt.beta:g}")
     parts.append(f"seed={cfg.seed}")
     return " ".join(parts)
-
-
-def weights_of(net: Network) -> dict[str, np.ndarray]:
-    out = {}
-    for l, (W, b) in enumerate(zip(net.W, net.b, strict=True), start=1):
-        out[f"W{l}"], out[f"b{l}"] = W.copy(), b.copy()
-    return out
 
 
 def history_frame(result: TrainResult) -> pd.DataFrame:
@@ -158,28 +155,22 @@ def _fan_out(listeners: list[Listener]) -> Listener:
     return emit
 
 
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM, handled like Ctrl-C: the run is closed as interrupted."""
-
-
-def _on_sigterm(signum, frame) -> None:
-    raise _Terminated(f"signal {signum}")
-
-
 def execute(
     cfg: DictConfig,
     *,
     echo: bool = True,
     sweep_name: str | None = None,
-    parent_run_id: str | None = None,
+    parent: Callable[[object, str], str] | None = None,
     listeners: list[Listener] | None = None,
 ) -> Result:
     """Build, train and (if ``tracking.enabled``) log one experiment; ``listeners`` receive
-    every training record too (see :mod:`bpexp.trainer`).
+    every training record too (see :mod:`bpexp.trainer`). ``parent(client, experiment_id)``
+    gives the parent run of a sweep's job (:func:`bpexp.sweep.ensure_parent`).
 
-    Bad input raises ConfigError before any run exists. During training, divergence is an
-    outcome; an exception marks the run FAILED (traceback as an artifact) and is re-raised;
-    Ctrl-C or SIGTERM marks it KILLED, with the metrics logged so far kept.
+    Bad input raises ConfigError (TrackingError for the store) before any run exists. Once the
+    run exists, divergence is an outcome; an exception marks the run FAILED (traceback as an
+    artifact) and is re-raised; KeyboardInterrupt (Ctrl-C, or SIGTERM under ``python -m
+    bpexp``) marks it KILLED, with the metrics logged so far kept.
     """
     exp = build(cfg)
     flat = flatten(cfg)
@@ -191,18 +182,23 @@ def execute(
         uri = tr.tracking_uri(tracking.uri)
         client = tr.connect(uri, tracking.timeout_seconds)
         experiment_id = tr.ensure_experiment(client, tracking.experiment)
+        parent_run_id = parent(client, experiment_id) if parent else None
         digest = tr.config_hash(flat)
-        done = None if cfg.get("force", False) else tr.completed_run(client, experiment_id, digest)
+        done = None if cfg.get("force", False) else tr.finished_run(client, experiment_id, digest)
         if done is not None:
             if echo:
                 print(
-                    f"skipped: a completed run with this exact config exists ({done}); "
-                    "add +force=true to run it again",
+                    f"skipped: run {done.info.run_id} already has this exact config "
+                    f"({done.data.tags['outcome']}); add +force=true to run it again",
                     flush=True,
                 )
-            metrics = client.get_run(done).data.metrics
             return Result(
-                "completed", metrics, pd.DataFrame(), {}, run_id=done, skipped=True, config=flat
+                done.data.tags["outcome"],
+                done.data.metrics,
+                pd.DataFrame(),
+                {},
+                run_id=done.info.run_id,
+                skipped=True,
             )
         params = {**flat, "network.sizes": list(exp.net.sizes)}
         tags = {
@@ -221,7 +217,6 @@ def execute(
     listeners = [*(listeners or []), *([Printer(exp.trainer.epochs)] if echo else [])]
     if logger is not None:
         listeners.append(logger)
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         result = train(
             exp.net,
@@ -233,36 +228,38 @@ def execute(
             _fan_out(listeners),
             tracking.log_every_n_steps,
         )
+        out = Result(result.outcome, result.final_metrics, history_frame(result), weights(exp.net))
+        if logger is not None:
+            out.run_id = logger.run_id
+            _log_run_artifacts(logger, cfg, exp, tracking.plots)
+            tr.end_run(logger, result.outcome)
     except KeyboardInterrupt:
         if logger is not None:
-            tr.end_run(logger, "interrupted")
+            _close_quietly(logger, "interrupted")
         raise
     except Exception:
         if logger is not None:
-            _log_files(logger, {"traceback.txt": traceback.format_exc().encode()})
-            tr.end_run(logger, "failed")
+            _close_quietly(logger, "failed", traceback.format_exc())
         raise
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-    out = Result(
-        result.outcome,
-        result.final_metrics,
-        history_frame(result),
-        weights_of(exp.net),
-        config=flat,
-    )
-    if logger is not None:
-        out.run_id = logger.run_id
-        _log_run_artifacts(logger, cfg, exp, tracking.plots)
-        tr.end_run(logger, result.outcome)
-        if echo:
-            print(
-                f"logged: run {logger.run_id} ({run_name(cfg)}), {logger.points_logged} "
-                f"metric points, at {uri}; browse with: mlflow ui --backend-store-uri {uri}",
-                flush=True,
-            )
+    if logger is not None and echo:
+        print(
+            f"logged: run {logger.run_id} ({run_name(cfg)}), {logger.points_logged} "
+            f"metric points, at {uri}; browse with: mlflow ui --backend-store-uri {uri}",
+            flush=True,
+        )
     return out
+
+
+def _close_quietly(logger, outcome: str, trace: str | None = None) -> None:
+    """Close a run after an error without hiding that error under a second one."""
+    from bpexp import tracking as tr
+
+    try:
+        if trace is not None:
+            _log_files(logger, {"traceback.txt": trace.encode()})
+        tr.end_run(logger, outcome)
+    except Exception as exc:  # the store itself may be what failed
+        print(f"warning: could not close run {logger.run_id} as {outcome}: {exc}", file=sys.stderr)
 
 
 def _log_files(logger, files: dict[str, bytes | Path]) -> None:
@@ -286,12 +283,8 @@ def _log_run_artifacts(logger, cfg: DictConfig, exp: Experiment, plots: bool) ->
         tmp_path = Path(tmp)
         (tmp_path / "weights").mkdir()
         (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        save_weights(exp.net, tmp_path / "weights" / "final.npz")
-        initial = Network(
-            exp.net.sizes, cfg.network.activation, cfg.network.output_activation, cfg.trainer.dtype
-        )
-        initial.params[...] = exp.initial_params
-        save_weights(initial, tmp_path / "weights" / "initial.npz")
+        save_weights(weights(exp.net), tmp_path / "weights" / "final.npz")
+        save_weights(exp.initial_weights, tmp_path / "weights" / "initial.npz")
         history.to_parquet(tmp_path / "history.parquet", index=False)
         if plots:
             from bpexp.plots import RUN_PLOTS, new_axes

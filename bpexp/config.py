@@ -15,11 +15,7 @@ from pathlib import Path
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from bpexp.activation import hidden_activation, output_activation
-from bpexp.cost import get_cost
-from bpexp.data import DATASETS
 from bpexp.errors import ConfigError, bad_value
-from bpexp.network import DTYPES, INITS
 from bpexp.optimizer import Optimizer
 from bpexp.trainer import TrainerConfig
 
@@ -105,41 +101,23 @@ def to_optimizer(cfg: OptimizerConfig | DictConfig) -> Optimizer:
 
 
 def validate(cfg: Config | DictConfig) -> None:
-    """Check every value that the schema's types cannot; raises ConfigError naming the key.
+    """Check what only the configuration knows; raises ConfigError naming the key.
 
-    Checks needing the data set's size (``trainer.batch_size``) happen in
-    :func:`bpexp.trainer.validate`, also before training.
+    The other checks belong to the pieces they concern and run in :func:`bpexp.app.build`,
+    also before training: the optimizer and the cost (their constructors), the data loader
+    (``data.*``, ``trainer.dtype``), the trainer (``trainer.*``, with the data set's size) and
+    the network (activations, ``network.init``, the init file).
     """
-    net = cfg.network
-    for i, n in enumerate(net.hidden):
+    for i, n in enumerate(cfg.network.hidden):
         if n < 1:
             raise bad_value(f"network.hidden[{i}]", n, "layer sizes >= 1")
-    hidden_activation(net.activation)
-    output_activation(net.output_activation)
-    get_cost(cfg.cost.name, net.output_activation)
-    if net.init not in INITS:
-        raise bad_value("network.init", net.init, INITS)
-    if net.init == "file":
-        if not net.init_path:
-            raise ConfigError("network.init='file' needs network.init_path: the .npz to load")
-        if not Path(net.init_path).is_file():
-            raise ConfigError(f"network.init_path={net.init_path!r}: no such file")
-    to_optimizer(cfg.optimizer)
-    if cfg.data.name not in DATASETS:
-        raise bad_value("data.name", cfg.data.name, DATASETS)
-    for key in ("val_fraction", "test_fraction"):
-        value = cfg.data[key] if isinstance(cfg.data, DictConfig) else getattr(cfg.data, key)
-        if not 0 <= value < 1:
-            raise bad_value(f"data.{key}", value, "0 <= fraction < 1")
-    if cfg.trainer.dtype not in DTYPES:
-        raise bad_value("trainer.dtype", cfg.trainer.dtype, DTYPES)
-    if cfg.trainer.epochs < 1:
-        raise bad_value("trainer.epochs", cfg.trainer.epochs, "an integer >= 1")
-    if cfg.trainer.batch_size < 1:
-        raise bad_value("trainer.batch_size", cfg.trainer.batch_size, "an integer >= 1")
+    if OmegaConf.is_missing(cfg.data, "path"):
+        raise ConfigError(f"data.name={cfg.data.name!r} needs data.path: the file to read")
     stride = cfg.tracking.log_every_n_steps
     if stride is not None and stride < 1:
         raise bad_value("tracking.log_every_n_steps", stride, "null (automatic) or >= 1")
+    if not cfg.tracking.timeout_seconds > 0:
+        raise bad_value("tracking.timeout_seconds", cfg.tracking.timeout_seconds, "a number > 0")
 
 
 def flatten(cfg: DictConfig | dict, prefix: str = "") -> dict[str, object]:

@@ -23,9 +23,12 @@ from bpexp.errors import ConfigError, bad_value
 
 Array = np.ndarray
 
-# a is clipped only inside the *value* of the cross-entropies, so that a saturated output gives a
-# large finite cost instead of inf; δ^L never divides by a.
-_LOG_FLOOR = 1e-300
+
+# a is clipped only inside the *value* of the cross-entropies, to the smallest normal number of
+# its dtype (1e-308 in float64, 1e-38 in float32), so that a saturated output gives a large finite
+# cost instead of inf or NaN; δ^L never divides by a.
+def _floor(a: Array) -> float:
+    return float(np.finfo(a.dtype).tiny)
 
 
 @dataclass(frozen=True)
@@ -53,14 +56,14 @@ def _quadratic_delta(
 
 def _cross_entropy(a: Array, y: Array) -> float:
     """C = −1/m Σ [y ln a + (1 − y) ln(1 − a)], summed over outputs, mean over samples."""
-    a_safe = np.clip(a, _LOG_FLOOR, 1.0 - np.finfo(a.dtype).epsneg)
+    a_safe = np.clip(a, _floor(a), 1.0 - np.finfo(a.dtype).epsneg)
     total = np.sum(y * np.log(a_safe) + (1.0 - y) * np.log1p(-a_safe))
     return float(-total / a.shape[0])
 
 
 def _softmax_cross_entropy(a: Array, y: Array) -> float:
     """C = −1/m Σ_x Σ_j y_j ln a_j."""
-    return float(-np.sum(y * np.log(np.maximum(a, _LOG_FLOOR))) / a.shape[0])
+    return float(-np.sum(y * np.log(np.maximum(a, _floor(a)))) / a.shape[0])
 
 
 def _a_minus_y_delta(

@@ -185,12 +185,17 @@ def initialize(net: Network, init: str, rng: np.random.Generator, path: str | No
             b[...] = 0.0
 
 
-def save_weights(net: Network, path: str | Path) -> None:
-    """Write ``W1, b1, ..., WL, bL`` to an ``.npz`` (W^l of shape (n_l, n_{l-1}))."""
-    arrays = {}
+def weights(net: Network) -> dict[str, Array]:
+    """Copies of ``W1, b1, ..., WL, bL`` (W^l of shape (n_l, n_{l-1}))."""
+    out = {}
     for l, (W, b) in enumerate(zip(net.W, net.b, strict=True), start=1):
-        arrays[f"W{l}"] = W
-        arrays[f"b{l}"] = b
+        out[f"W{l}"], out[f"b{l}"] = W.copy(), b.copy()
+    return out
+
+
+def save_weights(net_or_weights: Network | dict[str, Array], path: str | Path) -> None:
+    """Write ``W1, b1, ..., WL, bL`` to an ``.npz``: the format ``network.init=file`` loads."""
+    arrays = weights(net_or_weights) if isinstance(net_or_weights, Network) else net_or_weights
     np.savez(path, **arrays)
 
 

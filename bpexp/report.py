@@ -7,9 +7,10 @@
 writes ``reports/<sweep>-<parent id prefix>/`` (default: the latest sweep of the experiment):
 ``index.md`` with the comparison table (:func:`bpexp.analysis.compare`) linking the PNG plots,
 ``comparison.csv`` and ``runs.csv``, and logs the folder to the parent run under ``report/``.
-At the end of a multirun :func:`log_sweep` does the same from the jobs' result files and also
-logs, per epoch, each arm's mean over seeds at its best setting as ``sweep/<metric>/<arm>``
-metrics of the parent run, so its charts in the MLflow UI are not empty.
+At the end of a multirun :func:`log_sweep` does the same for the runs in the sweep's summary
+and also logs, per epoch, each arm's mean over seeds at its best setting as
+``sweep/<metric>/<arm>`` metrics of the parent run (``sweep/val/loss/sgd``), so its charts in
+the MLflow UI are not empty.
 """
 
 from __future__ import annotations
@@ -30,13 +31,10 @@ from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
 from bpexp import analysis, plots
+from bpexp.tracking import BATCH_LIMIT
 
 REPORT_ARTIFACT_PATH = "report"
-PARENT_METRICS = {
-    "val/loss": "val_loss",
-    "val/accuracy": "val_accuracy",
-    "train/loss": "train_loss",
-}
+PARENT_METRICS = ("val/loss", "val/accuracy", "train/loss")  # logged as sweep/<metric>/<arm>
 PLOT_FILES = {
     "loss_curves.png": "Loss per epoch (train dashed, validation solid)",
     "accuracy_curves.png": "Accuracy per epoch (train dashed, validation solid)",
@@ -44,7 +42,6 @@ PLOT_FILES = {
     "grad_norm.png": "Gradient norm per layer",
     "saturation.png": "Saturated fraction per layer",
 }
-BATCH_LIMIT = 1000
 
 
 @dataclass
@@ -56,13 +53,14 @@ class Report:
     curves: pd.DataFrame  # history rows of each arm's best-setting runs, with an `arm` column
 
 
-def metric_key(*parts: str) -> str:
-    """An MLflow metric name from ``parts`` joined by "/": every character MLflow does not allow
-    (it allows letters, digits, ``_ - . : /`` and spaces) and "/" or spaces inside a part
-    become "-" or "_": ``metric_key("sweep", "val_loss", "momentum/ema+bc")`` is
-    ``sweep/val_loss/momentum-ema-bc``."""
-    clean = [re.sub(r"[^\w.:-]+", "_", p.replace("/", "-").replace("+", "-")) for p in parts]
-    return "/".join(clean)
+def parent_metric_key(metric: str, arm: str) -> str:
+    """The parent run's name for an arm's mean curve of a run metric, ``sweep/<metric>/<arm>``:
+    in the arm, "/" and "+" become "-" and every other character MLflow does not allow (it
+    allows letters, digits, ``_ - . : /`` and spaces) or a space becomes "_", so
+    ``parent_metric_key("val/loss", "momentum/ema+bc")`` is ``sweep/val/loss/momentum-ema-bc``.
+    """
+    clean = re.sub(r"[^\w.:-]+", "_", arm.replace("/", "-").replace("+", "-"))
+    return f"sweep/{metric}/{clean}"
 
 
 def _format(value: object, digits: int = 4) -> str:
@@ -268,7 +266,7 @@ def write_report(
 
 def parent_metrics(curves: pd.DataFrame, timestamp: int | None = None) -> list[Metric]:
     """Per arm and epoch, the mean over seeds of ``val/loss``, ``val/accuracy`` and
-    ``train/loss`` at the arm's best setting, as ``sweep/val_loss/<arm>`` etc.
+    ``train/loss`` at the arm's best setting, as ``sweep/val/loss/<arm>`` etc.
 
     ``curves``: history rows with an ``arm`` column (:func:`arm_history`). Non-finite means
     (a diverged seed) are left out.
@@ -277,7 +275,7 @@ def parent_metrics(curves: pd.DataFrame, timestamp: int | None = None) -> list[M
     rows = curves[curves["metric"].isin(PARENT_METRICS)]
     means = rows.groupby(["arm", "metric", "step"])["value"].mean().reset_index()
     return [
-        Metric(metric_key("sweep", PARENT_METRICS[m], arm), float(v), timestamp, int(step))
+        Metric(parent_metric_key(m, arm), float(v), timestamp, int(step))
         for arm, m, step, v in means.itertuples(index=False)
         if np.isfinite(v)
     ]
@@ -301,23 +299,23 @@ def _parent_notes(client: MlflowClient, parent_id: str) -> tuple[str, list[str]]
     return name, notes
 
 
-def log_sweep(client: MlflowClient, parent: str, sweep_dir: Path, table: pd.DataFrame) -> Path:
-    """The end-of-multirun report: built from the jobs' result files, written to
-    ``<sweep_dir>/report/``, logged to the parent run under ``report/``, plus the parent's
-    ``sweep/...`` metrics. ``table``: the sweep summary (columns ``job, outcome, run_id, ...``).
+def log_sweep(
+    client: MlflowClient, parent: str, sweep_dir: Path, table: pd.DataFrame
+) -> Path | None:
+    """The end-of-multirun report: written to ``<sweep_dir>/report/``, logged to the parent run
+    under ``report/``, plus the parent's ``sweep/<metric>/<arm>`` metrics.
 
-    Jobs without a result file (skipped because an identical completed run existed) are read
-    from the store. Returns the path of ``index.md``.
+    ``table``: the sweep summary (columns ``job, outcome, run_id, ...``). Its runs, the jobs
+    skipped because an identical completed run existed included, are read from the store (their
+    ``history.parquet`` artifacts); jobs without a run id (untracked, invalid config) are left
+    out. Returns the path of ``index.md``, or None when no job has a tracked run.
     """
-    run_ids = [str(r) for r in table["run_id"].dropna().unique()]
+    ids = table["run_id"].dropna().astype(str).str.strip()
+    run_ids = list(ids[ids != ""].unique())
     if not run_ids:
-        raise ValueError("no job of this sweep has a tracked run")
+        return None
     runs = analysis.runs_by_id(client, run_ids)
-    history = analysis.job_history(Path(sweep_dir), table)
-    missing = [r for r in run_ids if r not in set(history["run_id"])]
-    if missing:
-        stored = analysis.history(missing, params=(), client=client)
-        history = analysis.stack_histories([history, stored])
+    history = analysis.history(runs, params=(), client=client)
     name, notes = _parent_notes(client, parent)
     out = Path(sweep_dir) / "report"
     report = write_report(runs, history, out, title=f"Sweep `{name}`", notes=notes)

@@ -13,6 +13,7 @@ or raises, so the summary is written also when jobs failed or the sweep was inte
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sys
@@ -28,7 +29,8 @@ from omegaconf import DictConfig
 from bpexp.errors import ConfigError, TrackingError
 
 SWEEP_DIR_ENV = "BPEXP_SWEEP_DIR"
-PARENT_RUN_ENV = "BPEXP_PARENT_RUN_ID"
+SWEEP_START_ENV = "BPEXP_SWEEP_START"
+PARENT_FILE = "parent_run_id"
 SWEEP_NAME_ENV = "BPEXP_SWEEP_NAME"
 TRACKING_URI_ENV = "BPEXP_SWEEP_TRACKING_URI"
 FINAL_METRICS = [
@@ -53,25 +55,39 @@ class SweepCallback(Callback):
         name = sweep_name(dict(config.hydra.runtime.choices))
         os.environ[SWEEP_DIR_ENV] = str(sweep_dir)
         os.environ[SWEEP_NAME_ENV] = name
+        os.environ[SWEEP_START_ENV] = datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+        print(f"sweep {name!r}: outputs in {sweep_dir}", flush=True)
         if not config.tracking.enabled:
             return
         from bpexp import tracking as tr
 
+        # The store and the experiment exist before any job starts; the parent run is created
+        # by the first job whose config is valid (see ensure_parent), so that a sweep of
+        # invalid jobs leaves no run behind.
         uri = tr.tracking_uri(config.tracking.uri)
         client = tr.connect(uri, config.tracking.timeout_seconds)
-        experiment_id = tr.ensure_experiment(client, config.tracking.experiment)
-        started = datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+        tr.ensure_experiment(client, config.tracking.experiment)
+        os.environ[TRACKING_URI_ENV] = uri
+
+
+def ensure_parent(client, experiment_id: str) -> str:
+    """The sweep's parent run id, created once for all jobs (a file lock in the sweep folder
+    serialises parallel jobs; the id is kept in ``<sweep_dir>/parent_run_id``)."""
+    sweep_dir = Path(os.environ[SWEEP_DIR_ENV])
+    name = os.environ.get(SWEEP_NAME_ENV, "multirun")
+    with open(sweep_dir / ".parent.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        id_file = sweep_dir / PARENT_FILE
+        if id_file.exists():
+            return id_file.read_text().strip()
         run = client.create_run(
             experiment_id,
-            run_name=f"{name} {started}",
+            run_name=f"{name} {os.environ.get(SWEEP_START_ENV, '')}".strip(),
             tags={"sweep": name, "bpexp.kind": "sweep", "bpexp.sweep_dir": str(sweep_dir)},
         )
-        os.environ[PARENT_RUN_ENV] = run.info.run_id
-        os.environ[TRACKING_URI_ENV] = uri
-        print(
-            f"sweep {name!r}: parent run {run.info.run_id} at {uri}; outputs in {sweep_dir}",
-            flush=True,
-        )
+        id_file.write_text(run.info.run_id)
+        print(f"sweep {name!r}: parent run {run.info.run_id}", flush=True)
+        return run.info.run_id
 
 
 def _limit_blas_threads() -> None:
@@ -90,15 +106,13 @@ def run_job(cfg: DictConfig) -> dict:
     hydra_cfg = HydraConfig.get()
     _limit_blas_threads()
     sweep_dir = Path(os.environ.get(SWEEP_DIR_ENV, str(hydra_cfg.sweep.dir)))
+    os.environ.setdefault(SWEEP_DIR_ENV, str(sweep_dir))
     job = int(hydra_cfg.job.num)
     (sweep_dir / "results").mkdir(parents=True, exist_ok=True)
     row: dict = {"job": job, "overrides": " ".join(hydra_cfg.overrides.task)}
     try:
         result = execute(
-            cfg,
-            echo=True,
-            sweep_name=os.environ.get(SWEEP_NAME_ENV),
-            parent_run_id=os.environ.get(PARENT_RUN_ENV),
+            cfg, echo=True, sweep_name=os.environ.get(SWEEP_NAME_ENV), parent=ensure_parent
         )
         row["outcome"] = "skipped" if result.skipped else result.outcome
         row["run_id"] = result.run_id
@@ -118,13 +132,6 @@ def run_job(cfg: DictConfig) -> dict:
     except Exception as exc:
         row |= {"outcome": "failed", "error": f"{type(exc).__name__}: {exc}"}
         traceback.print_exc()
-    if row["outcome"] in ("completed", "diverged"):
-        history = result.history.reset_index().melt(
-            id_vars="epoch", var_name="metric", value_name="value"
-        )
-        history = history.rename(columns={"epoch": "step"}).dropna(subset=["value"])
-        history.insert(0, "job", job)
-        history.to_parquet(sweep_dir / "results" / f"{job}.parquet", index=False)
     _write_result(sweep_dir, row)
     return row
 
@@ -143,18 +150,20 @@ def summary(sweep_dir: Path) -> pd.DataFrame:
     return frame.sort_values("job").reset_index(drop=True)
 
 
-def finish(interrupted: bool = False) -> int:
+def finish(stopped: str | None = None) -> int:
     """Write the sweep's summary and close its parent run; the exit code for the command.
 
-    Does nothing (returns 0) when no multirun was started in this process.
+    ``stopped`` is ``"interrupted"`` (Ctrl-C, SIGTERM) or ``"aborted"`` (Hydra raised) when the
+    multirun did not end normally. Does nothing (returns 0) when no multirun was started here.
     """
     sweep_dir = os.environ.pop(SWEEP_DIR_ENV, None)
     if sweep_dir is None:
         return 0
     sweep_dir = Path(sweep_dir)
-    parent = os.environ.pop(PARENT_RUN_ENV, None)
     uri = os.environ.pop(TRACKING_URI_ENV, None)
-    os.environ.pop(SWEEP_NAME_ENV, None)
+    for key in (SWEEP_NAME_ENV, SWEEP_START_ENV):
+        os.environ.pop(key, None)
+    (sweep_dir / "results").mkdir(parents=True, exist_ok=True)
     table = summary(sweep_dir)
     table.to_csv(sweep_dir / "summary.csv", index=False)
     counts = table["outcome"].value_counts().to_dict()
@@ -164,6 +173,7 @@ def finish(interrupted: bool = False) -> int:
         print(
             f"\nsweep summary ({len(table)} jobs: "
             + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+            + (f"; the sweep was {stopped}" if stopped else "")
             + ")"
         )
         print(
@@ -173,33 +183,32 @@ def finish(interrupted: bool = False) -> int:
         )
     print(f"summary: {sweep_dir / 'summary.csv'}")
     bad = table[table["outcome"].isin(["failed", "invalid"])]
-    if parent and uri:
-        status = "KILLED" if interrupted else ("FAILED" if len(bad) else "FINISHED")
-        _close_parent(uri, parent, sweep_dir, table, status)
-    if len(bad):
-        for _, row in bad.iterrows():
-            print(
-                f"job {row['job']} {row['outcome']} ({row['overrides']}): {row['error']}",
-                file=sys.stderr,
-            )
-        return 1
-    return 0
+    parent_file = sweep_dir / PARENT_FILE
+    if uri and parent_file.exists():
+        status = {"interrupted": "KILLED", "aborted": "FAILED"}.get(
+            stopped, "FAILED" if len(bad) else "FINISHED"
+        )
+        _close_parent(uri, parent_file.read_text().strip(), sweep_dir, table, status)
+    for _, row in bad.iterrows():
+        print(
+            f"job {row['job']} {row['outcome']} ({row['overrides']}): {row['error']}",
+            file=sys.stderr,
+        )
+    return 1 if len(bad) or stopped else 0
 
 
 def _close_parent(uri: str, parent: str, sweep_dir: Path, table: pd.DataFrame, status: str) -> None:
+    """Log the summary and the report (comparison, plots, ``sweep/`` metrics) to the parent run
+    and close it; a report failure must not lose the summary or leave the parent open."""
+    from bpexp import report
     from bpexp import tracking as tr
 
     client = tr.connect(uri)
     try:
         client.log_artifact(parent, str(sweep_dir / "summary.csv"))
-        # --- sweep report (bpexp.report): comparison, plots and sweep/ metrics on the parent.
-        # Best effort: a report failure must not lose the summary or leave the parent open.
         try:
-            from bpexp import report
-
             report.log_sweep(client, parent, sweep_dir, table)
         except Exception as exc:
             print(f"warning: no sweep report: {type(exc).__name__}: {exc}", file=sys.stderr)
-        # --- end of sweep report
     finally:
         client.set_terminated(parent, status=status)

@@ -10,6 +10,7 @@ Store: ``tracking.uri``, else ``$MLFLOW_TRACKING_URI``, else MLflow's own defaul
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -96,13 +97,27 @@ def ensure_experiment(client: MlflowClient, name: str) -> str:
         return experiment.experiment_id
 
 
+# Settings that do not change what a run computes, left out of its config hash.
+NOT_IN_HASH = ("tracking.", "force", "data.url", "data.cache_dir")
+
+
 def config_hash(flat_config: dict[str, object]) -> str:
-    """A stable digest of a resolved config, to recognise a job that already ran."""
-    relevant = {k: v for k, v in flat_config.items() if not k.startswith(("tracking.", "force"))}
+    """A stable digest of a resolved config, to recognise a job that already ran.
+
+    A file named by the config (``data.path``, ``network.init_path``) enters by its content's
+    sha256, so a changed file at the same path is a new job.
+    """
+    relevant = {k: v for k, v in flat_config.items() if not k.startswith(NOT_IN_HASH)}
+    for key in ("data.path", "network.init_path"):
+        path = relevant.get(key)
+        if path and Path(str(path)).is_file():
+            relevant[key] = hashlib.sha256(Path(str(path)).read_bytes()).hexdigest()
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()
 
 
+@functools.cache
 def git_commit() -> str | None:
+    """The commit of the bpexp checkout in use, if it is one (asked once per process)."""
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"],
@@ -202,11 +217,11 @@ def end_run(logger: RunLogger, outcome: str, extra_tags: dict[str, str] | None =
         logger.client.set_terminated(logger.run_id, status=STATUS[outcome])
 
 
-def completed_run(client: MlflowClient, experiment_id: str, digest: str) -> str | None:
-    """The id of a completed run whose resolved config has this digest, if any."""
+def finished_run(client: MlflowClient, experiment_id: str, digest: str):
+    """A run with this config digest whose outcome is final (completed or diverged: divergence
+    is deterministic, a result), or None. Failed and interrupted runs are run again."""
     runs = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.`bpexp.config_hash` = '{digest}' and tags.outcome = 'completed'",
-        max_results=1,
+        [experiment_id], filter_string=f"tags.`bpexp.config_hash` = '{digest}'", max_results=100
     )
-    return runs[0].info.run_id if runs else None
+    final = [run for run in runs if run.data.tags.get("outcome") in ("completed", "diverged")]
+    return final[0] if final else None

@@ -41,7 +41,7 @@ class TrainerConfig:
     """Settings of the loop; the Hydra group ``trainer`` has exactly these keys."""
 
     epochs: int = 30
-    batch_size: int = 10
+    batch_size: int | None = 10  # None: the whole training set (full-batch gradient descent)
     shuffle: bool = True
     dtype: str = "float64"
     probe_size: int = 256
@@ -87,11 +87,11 @@ def validate(cfg: TrainerConfig, n_train: int) -> None:
     """Semantic checks that need the data set's size; raises ConfigError naming the key."""
     if cfg.epochs < 1:
         raise bad_value("trainer.epochs", cfg.epochs, "an integer >= 1")
-    if not 1 <= cfg.batch_size <= n_train:
+    if cfg.batch_size is not None and not 1 <= cfg.batch_size <= n_train:
         raise bad_value(
             "trainer.batch_size",
             cfg.batch_size,
-            f"1 <= batch_size <= {n_train} (training set size)",
+            f"1 <= batch_size <= {n_train} (training set size), or null for the full batch",
         )
     if cfg.probe_size < 1:
         raise bad_value("trainer.probe_size", cfg.probe_size, "an integer >= 1")
@@ -99,6 +99,11 @@ def validate(cfg: TrainerConfig, n_train: int) -> None:
         raise bad_value("trainer.saturation_epsilon", cfg.saturation_epsilon, "0 < epsilon < 0.5")
     if not cfg.max_loss > 0:
         raise bad_value("trainer.max_loss", cfg.max_loss, "a number > 0")
+
+
+def mini_batch_size(cfg: TrainerConfig, n_train: int) -> int:
+    """The mini-batch size m: ``trainer.batch_size``, or the whole training set when null."""
+    return n_train if cfg.batch_size is None else cfg.batch_size
 
 
 def steps_per_epoch(n_train: int, batch_size: int) -> int:
@@ -109,7 +114,7 @@ def log_stride(cfg: TrainerConfig, n_train: int, log_every_n_steps: int | None =
     """Steps between two ``StepRecord``s: as asked, or automatic (at most MAX_STEP_POINTS)."""
     if log_every_n_steps is not None:
         return log_every_n_steps
-    total = cfg.epochs * steps_per_epoch(n_train, cfg.batch_size)
+    total = cfg.epochs * steps_per_epoch(n_train, mini_batch_size(cfg, n_train))
     return max(1, math.ceil(total / MAX_STEP_POINTS))
 
 
@@ -182,6 +187,7 @@ def train(
     X_probe, Y_probe = X[probe_index], Y[probe_index]
     Xs, Ys = np.empty_like(X), np.empty_like(Y)
     stride = log_stride(cfg, n, log_every_n_steps)
+    m = mini_batch_size(cfg, n)
     state = optimizer.init(net.params)
     result = TrainResult(outcome="completed", epochs_run=0, steps=0)
 
@@ -213,7 +219,7 @@ def train(
 
             params_before = net.params.copy() if cfg.instruments else None
             result.steps, stopped = train_epoch(
-                net, optimizer, state, cost, Xe, Ye, cfg.batch_size, on_step, stride, result.steps
+                net, optimizer, state, cost, Xe, Ye, m, on_step, stride, result.steps
             )
             result.epochs_run = epoch
             metrics = epoch_metrics(epoch, params_before)

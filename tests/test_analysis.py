@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Metric
+from omegaconf import OmegaConf
 
 from bpexp import analysis
+from bpexp.app import run_name
 from tests.conftest import run_cli
 
 # Two-sided 95% Student t quantiles from a printed table (df 1, 2, 29).
@@ -258,6 +259,20 @@ def test_compare_counts_divergence_and_pairs_only_shared_seeds():
     assert sgd["seeds"] == 1 and math.isnan(sgd["val/loss_ci95"])
 
 
+def test_compare_of_no_runs_is_an_empty_table_with_the_usual_columns():
+    runs = _synthetic()
+    usual = analysis.compare(runs, pd.DataFrame(columns=analysis.HISTORY_COLUMNS), target_loss=0.1)
+    empty = analysis.compare(
+        runs.iloc[:0], pd.DataFrame(columns=analysis.HISTORY_COLUMNS), target_loss=0.1
+    )
+    # optimizer.bias_correction is an arm column only where it varies.
+    assert empty.empty and list(empty.columns) == [
+        c for c in usual.columns if c != "optimizer.bias_correction"
+    ]
+    # A store with no run at all gives a frame without params or metrics.
+    assert analysis.compare(pd.DataFrame(columns=analysis.RUN_COLUMNS)).empty
+
+
 def test_student_t_quantiles():
     for df, t in T95.items():
         assert analysis.t_quantile(df) == pytest.approx(t, abs=1e-4)
@@ -273,6 +288,29 @@ def test_arm_labels_follow_run_names():
     }
     assert analysis.arm_label(values, by) == "momentum/ema+bc trainer.batch_size=10"
     assert analysis.arm_label({**values, "optimizer.name": "sgd"}, by[:2]) == "sgd"
+    # The rule's part is the run names' own (optimizer.label), for every form.
+    for name, form, corrected in [
+        ("sgd", "classical", False),
+        ("momentum", "classical", False),
+        ("momentum", "ema", False),
+        ("momentum", "ema", True),
+        ("nesterov", "classical", False),
+    ]:
+        config = OmegaConf.create(
+            {
+                "seed": 0,
+                "optimizer": {
+                    "name": name,
+                    "form": form,
+                    "bias_correction": corrected,
+                    "lr": 0.1,
+                    "beta": 0.9,
+                },
+            }
+        )
+        row = {**values, "optimizer.name": name, "optimizer.form": form}
+        row["optimizer.bias_correction"] = corrected
+        assert run_name(config).startswith(analysis.arm_label(row, by[:3]) + " lr=")
 
 
 @pytest.mark.slow
@@ -282,13 +320,3 @@ def test_settings_varied_finds_the_swept_params(frame):
     assert over == ["optimizer.lr", "optimizer.beta"]
     batch = frame.assign(**{"trainer.batch_size": np.where(frame["seed"] == 0, 10, 100)})
     assert analysis.settings_varied(batch)[0][-1] == "trainer.batch_size"
-
-
-def test_job_history_reads_the_sweep_result_files(tmp_path: Path):
-    (tmp_path / "results").mkdir()
-    part = pd.DataFrame({"job": 0, "step": [0, 1], "metric": "val/loss", "value": [1.0, 0.5]})
-    part.to_parquet(tmp_path / "results" / "0.parquet", index=False)
-    table = pd.DataFrame({"job": [0, 1], "run_id": ["a" * 32, None]})
-    out = analysis.job_history(tmp_path, table)
-    assert list(out.columns) == analysis.HISTORY_COLUMNS
-    assert list(out["run_id"]) == ["a" * 32] * 2 and list(out["value"]) == [1.0, 0.5]

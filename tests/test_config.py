@@ -130,7 +130,7 @@ def test_sweep_files_are_global_packages():
 def test_pixels_sweep_builds_the_12_pixel_network(composer):
     exp = build(composer(["sweep=pixels3x4"]))
     assert exp.net.sizes == (12, 3, 2)
-    assert exp.data.X_train.shape == (64, 12) and exp.trainer.batch_size == 64
+    assert exp.data.X_train.shape == (64, 12) and exp.trainer.batch_size is None  # full batch
 
 
 @pytest.mark.parametrize(

@@ -76,3 +76,18 @@ def test_incompatible_pairs_are_rejected(cost, output):
 def test_unknown_cost_names_the_key():
     with pytest.raises(ConfigError, match="cost.name='hinge'"):
         get_cost("hinge", "sigmoid")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    ("cost", "act"), [("cross_entropy", "sigmoid"), ("softmax_cross_entropy", "softmax")]
+)
+def test_cross_entropy_is_finite_for_exact_zeros_and_ones(dtype, cost, act):
+    # A saturated sigmoid or softmax output is exactly 0 or 1 in float32 already at |z| ≈ 17.
+    a = np.array([[0.0, 1.0], [1.0, 0.0]], dtype=dtype)
+    y = np.array([[1.0, 0.0], [1.0, 0.0]], dtype=dtype)
+    value = COSTS[cost].fn(a, y)
+    assert np.isfinite(value) and value > 10  # the wrong, saturated sample costs a lot
+    z = np.array([[-40.0, 40.0]], dtype=dtype)
+    out = ACTIVATIONS[act].fn(z, np.empty_like(z))
+    assert np.isfinite(COSTS[cost].fn(out, np.array([[1.0, 0.0]], dtype=dtype)))

@@ -51,6 +51,16 @@ def test_bad_config_stops_before_any_run(tmp_path, store_uri, override, key):
     assert runs_in(store_uri) == []
 
 
+def test_bad_config_in_a_multirun_creates_no_run(tmp_path, store_uri):
+    proc = run_cli(
+        ["-m", "optimizer.lr=-1,-2", "trainer.epochs=1", f"tracking.uri={store_uri}"], tmp_path
+    )
+    assert proc.returncode == 1
+    assert "job 0 invalid" in proc.stderr and "optimizer.lr=-1" in proc.stderr
+    assert runs_in(store_uri) == []
+    assert "2 invalid" in proc.stdout
+
+
 def test_multirun_from_the_command_line(tmp_path, store_uri):
     proc = run_cli(
         [
@@ -79,7 +89,7 @@ TINY = {
     "momentum_beta": ["optimizer.beta=0.9", "optimizer.lr=0.3", "seed=0", "trainer.epochs=1"],
     "cost_saturation": ["seed=0", "trainer.epochs=1"],
     "depth": ["network.hidden=[30],[30,30]", "seed=0", "trainer.epochs=1"],
-    "batch_size": ["trainer.batch_size=100,1293", "seed=0", "trainer.epochs=1"],
+    "batch_size": ["trainer.batch_size=100,null", "seed=0", "trainer.epochs=1"],
     "pixels3x4": ["seed=0", "trainer.epochs=5"],
 }
 JOBS = {

@@ -63,13 +63,14 @@ def test_multirun_end_logs_report_and_sweep_metrics_to_the_parent(swept):
     assert expected <= logged
     assert "summary.csv" in {a.path for a in client.list_artifacts(parent.info.run_id)}
     keys = set(parent.data.metrics)
-    for name in ("val_loss", "val_accuracy", "train_loss"):
+    for name in report.PARENT_METRICS:
         assert {f"sweep/{name}/{arm}" for arm in ARM_KEYS} <= keys
+    assert {"sweep/val/loss/sgd", "sweep/val/accuracy/momentum-classical"} <= keys
 
 
 @pytest.mark.slow
 def test_sweep_metrics_are_each_arms_mean_over_seeds_at_its_best_lr(swept):
-    # Recomputed from the store (history.parquet artifacts); the sweep used its job files.
+    # Recomputed independently: runs by sweep name, the sweep's end used its summary's run ids.
     runs = analysis.runs(sweep="optimizers", tracking_uri=swept["uri"])
     hist = analysis.history(runs, metrics=["val/loss"], tracking_uri=swept["uri"])
     comparison = analysis.compare(runs, hist)
@@ -78,7 +79,7 @@ def test_sweep_metrics_are_each_arms_mean_over_seeds_at_its_best_lr(swept):
     for _, row in comparison.iterrows():
         points = hist[hist["run_id"].isin(row["run_ids"])]
         expected = points.groupby("step")["value"].mean()
-        key = report.metric_key("sweep", "val_loss", row["arm"])
+        key = report.parent_metric_key("val/loss", row["arm"])
         logged = sorted((m.step, m.value) for m in client.get_metric_history(parent_id, key))
         assert [s for s, _ in logged] == [0, 1, 2]
         np.testing.assert_allclose([v for _, v in logged], expected.to_numpy(), rtol=1e-12)
@@ -103,7 +104,7 @@ def test_report_command_writes_the_default_folder_and_logs_it(swept, tmp_path):
     assert parent_id in page and "Student t" in page
     # The sweep metrics existed already: the command must not log them a second time.
     client = MlflowClient(tracking_uri=swept["uri"])
-    history = client.get_metric_history(parent_id, "sweep/val_loss/sgd")
+    history = client.get_metric_history(parent_id, "sweep/val/loss/sgd")
     assert len(history) == 3
 
 
@@ -171,12 +172,25 @@ def test_a_failing_report_keeps_the_summary_and_closes_the_parent(
 
 
 def test_metric_keys_are_valid_mlflow_names():
-    assert report.metric_key("sweep", "val_loss", "momentum/ema+bc") == (
-        "sweep/val_loss/momentum-ema-bc"
+    assert report.parent_metric_key("val/loss", "momentum/ema+bc") == (
+        "sweep/val/loss/momentum-ema-bc"
     )
     for arm in ("sgd trainer.batch_size=10", "x [30, 30] relu", "momentum/classical"):
-        key = report.metric_key("sweep", "val_loss", arm)
-        assert validate_param_and_metric_name(key) and key.count("/") == 2, key
+        key = report.parent_metric_key("val/accuracy", arm)
+        assert validate_param_and_metric_name(key) and key.count("/") == 3, key
+
+
+def test_log_sweep_without_a_tracked_run_writes_no_report(tmp_path):
+    # Untracked or invalid jobs only: nothing to read, so the client must not even be used.
+    table = pd.DataFrame(
+        {
+            "job": [0, 1, 2],
+            "outcome": ["completed", "invalid", "completed"],
+            "run_id": [None, "", np.nan],
+        }
+    )
+    assert report.log_sweep(object(), "0" * 32, tmp_path, table) is None
+    assert not (tmp_path / "report").exists()
 
 
 def _synthetic(cost_names=("quadratic", "cross_entropy")) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -229,8 +243,8 @@ def test_write_report_without_validation_split_and_with_different_costs(tmp_path
     metrics = report.parent_metrics(result.curves, timestamp=1)
     keys = {m.key for m in metrics}
     assert keys == {
-        "sweep/train_loss/sgd_cost.name_quadratic",
-        "sweep/train_loss/sgd_cost.name_cross_entropy",
+        "sweep/train/loss/sgd_cost.name_quadratic",
+        "sweep/train/loss/sgd_cost.name_cross_entropy",
     }
     quadratic = sorted((m.step, m.value) for m in metrics if m.key.endswith("quadratic"))
     # Mean over seeds 0 and 1 at lr = 1.0: (0.5 + 0.51) / 2 (3 - step).

@@ -159,7 +159,7 @@ def test_interrupted_sweep_resumes_and_skips_completed_jobs(tmp_path, store_uri)
 
     again = run_cli(args[:1] + args[1:], tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert "skipped: a completed run with this exact config exists" in again.stdout
+    assert "already has this exact config (completed)" in again.stdout
     second = summary_of(tmp_path)
     assert list(second["outcome"]) == ["skipped", "completed", "completed"]
     assert second.loc[0, "run_id"] == first.loc[0, "run_id"]

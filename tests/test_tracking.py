@@ -72,7 +72,7 @@ def test_run_holds_name_params_tags_metrics_and_artifacts(store_uri, tmp_path):
         expected = [1, 2, 3] if name.startswith("update_ratio") else [0, 1, 2, 3]
         assert steps == expected, name
     assert {m.step for m in client.get_metric_history(run.info.run_id, "test/loss")} == {3}
-    # 1293 training samples / 10 = 130 steps an epoch, 390 in all, one point every 20 steps.
+    # 1294 training samples / 10 = 130 steps an epoch, 390 in all, one point every 20 steps.
     batch = client.get_metric_history(run.info.run_id, "train/batch_loss")
     assert sorted(m.step for m in batch) == list(range(20, 391, 20))
 
