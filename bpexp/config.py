@@ -29,7 +29,7 @@ class NetworkConfig:
     hidden: list[int] = field(default_factory=lambda: [30])
     activation: str = "sigmoid"
     output_activation: str = "sigmoid"
-    init: str = "scaled_normal"
+    init: str = "normal"
     init_path: str | None = None
 
 

@@ -1,6 +1,6 @@
 """Gradient check: backprop against centred differences (SCIENCE.md, "Gradient checking").
 
-    python -m bpexp.gradcheck --hidden 5 4 --activation tanh --output softmax \
+    python -m bpexp.gradcheck --hidden 5 4 --activation tanh --output-activation softmax \
         --cost softmax_cross_entropy
 
 prints the relative error ``||a − n|| / max(||a||, ||n||)`` of each layer's weight and bias
@@ -81,17 +81,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hidden", type=int, nargs="*", default=[5, 3])
     parser.add_argument("--outputs", type=int, default=3)
     parser.add_argument("--activation", default="sigmoid")
-    parser.add_argument("--output", default="sigmoid", help="output activation")
+    parser.add_argument("--output-activation", default="sigmoid")
     parser.add_argument("--cost", default="quadratic")
-    parser.add_argument("--batch", type=int, default=7)
+    parser.add_argument("--batch-size", type=int, default=7)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     sizes = [args.inputs, *args.hidden, args.outputs]
     net, X, Y, cost = random_problem(
-        sizes, args.activation, args.output, args.cost, args.batch, args.seed
+        sizes, args.activation, args.output_activation, args.cost, args.batch_size, args.seed
     )
     errors = check(net, X, Y, cost)
-    print(f"sizes={sizes} activation={args.activation} output={args.output} cost={args.cost}")
+    print(
+        f"sizes={sizes} activation={args.activation} "
+        f"output_activation={args.output_activation} cost={args.cost}"
+    )
     for l, err in enumerate(errors, start=1):
         print(f"layer {l}: relative error {err:.2e}")
     worst = max(errors)

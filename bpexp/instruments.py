@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from bpexp.cost import Cost
-from bpexp.network import Network
+from bpexp.network import Network, param_views
 
 Array = np.ndarray
 DEFAULT_EPSILON = 0.01
@@ -60,12 +60,10 @@ def measure(
 
 def update_ratios(net: Network, params_before: Array) -> dict[str, float]:
     """``update_ratio/W{l}`` between a saved copy of ``net.params`` and the current weights."""
+    before, _ = param_views(params_before, [W.shape for W in net.W])
     out = {}
-    offset = 0
-    for l, W in enumerate(net.W, start=1):
-        before = params_before[offset : offset + W.size]
-        norm = float(np.linalg.norm(before))
-        change = float(np.linalg.norm(W.ravel() - before))
+    for l, (W, W0) in enumerate(zip(net.W, before, strict=True), start=1):
+        norm = float(np.linalg.norm(W0))
+        change = float(np.linalg.norm(W - W0))
         out[f"update_ratio/W{l}"] = change / norm if norm > 0 else float("inf")
-        offset += W.size + net.b[l - 1].size
     return out

@@ -84,8 +84,8 @@ class Network:
         total = sum(r * c + r for r, c in shapes)
         self.params = np.zeros(total, self.dtype)
         self.grad = np.zeros(total, self.dtype)
-        self.W, self.b = _views(self.params, shapes)
-        self.gW, self.gb = _views(self.grad, shapes)
+        self.W, self.b = param_views(self.params, shapes)
+        self.gW, self.gb = param_views(self.grad, shapes)
         self._buffers: dict[int, _Buffers] = {}
 
     @property
@@ -144,7 +144,9 @@ class Network:
         return Trace(z=buf.z, a=[X, *buf.a], delta=buf.delta)
 
 
-def _views(flat: Array, shapes: list[tuple[int, int]]) -> tuple[list[Array], list[Array]]:
+def param_views(flat: Array, shapes: list[tuple[int, int]]) -> tuple[list[Array], list[Array]]:
+    """Views W^l (shape (n_l, n_{l-1})) and b^l into a flat parameter buffer laid out as
+    ``W1, b1, W2, b2, ...`` (the layout of ``Network.params`` and ``Network.grad``)."""
     W, b, offset = [], [], 0
     for rows, cols in shapes:
         W.append(flat[offset : offset + rows * cols].reshape(rows, cols))

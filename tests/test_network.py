@@ -88,7 +88,7 @@ def test_gradcheck_command_prints_each_layer(capsys):
             "4",
             "--activation",
             "tanh",
-            "--output",
+            "--output-activation",
             "softmax",
             "--cost",
             "softmax_cross_entropy",
