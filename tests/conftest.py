@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -41,3 +44,53 @@ def store_uri(tmp_path: Path) -> str:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
     return uri
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_mlflow_server(folder: Path) -> tuple[str, subprocess.Popen]:
+    """Start a real `mlflow server --workers 1` on 127.0.0.1 (SQLite backend created first) and
+    wait until it answers /health; returns its URL and process (the caller stops it)."""
+    backend = f"sqlite:///{folder / 'server.db'}"
+    from mlflow import MlflowClient
+
+    MlflowClient(tracking_uri=backend).search_experiments(max_results=1)
+    port = free_port()
+    log = folder / "server.log"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--workers",
+            "1",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            backend,
+            "--artifacts-destination",
+            str(folder / "artifacts"),
+        ],
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        cwd=folder,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2):
+                return url, proc
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError(log.read_text()) from None
+            time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError("mlflow server did not start in 90 s")

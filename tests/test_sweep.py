@@ -14,7 +14,7 @@ import pytest
 from mlflow import MlflowClient
 
 import bpexp
-from tests.conftest import cli_env, run_cli
+from tests.conftest import cli_env, run_cli, start_mlflow_server
 
 pytestmark = pytest.mark.slow
 
@@ -215,4 +215,20 @@ def test_unreachable_store_fails_at_start(tmp_path):
     assert time.monotonic() - started < 60
     assert proc.returncode != 0
     assert f"tracking.uri='http://127.0.0.1:{port}'" in proc.stderr
+    assert "epoch" not in proc.stdout
+
+
+def test_stopped_server_gives_a_clear_error_before_training(tmp_path):
+    url, proc = start_mlflow_server(tmp_path)
+    try:
+        ok = run_cli([f"tracking.uri={url}", "trainer.epochs=1", "tracking.plots=false"], tmp_path)
+        assert ok.returncode == 0, ok.stderr[-2000:]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    started = time.monotonic()
+    proc = run_cli([f"tracking.uri={url}", "trainer.epochs=1"], tmp_path)
+    assert time.monotonic() - started < 60  # the check itself times out after 10 s
+    assert proc.returncode == 2
+    assert f"tracking.uri='{url}': the MLflow server does not answer" in proc.stderr
     assert "epoch" not in proc.stdout

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import io
 import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +16,7 @@ import bpexp
 from bpexp.app import build, compose
 from bpexp.errors import TrackingError
 from bpexp.tracking import connect
+from tests.conftest import start_mlflow_server
 
 LAYER_METRICS = [
     "grad_norm/W{l}",
@@ -179,58 +177,13 @@ def test_unreachable_server_fails_fast_with_a_clear_error():
     assert time.monotonic() - start < 10
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     """A real `mlflow server` on 127.0.0.1 with a SQLite backend, stopped after the module."""
-    folder = tmp_path_factory.mktemp("server")
-    backend = f"sqlite:///{folder / 'server.db'}"
-    MlflowClient(tracking_uri=backend).search_experiments(max_results=1)
-    port = free_port()
-    log = open(folder / "server.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--workers",
-            "1",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            backend,
-            "--artifacts-destination",
-            str(folder / "artifacts"),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=folder,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2):
-                break
-        except OSError:
-            if proc.poll() is not None:
-                raise RuntimeError((folder / "server.log").read_text()) from None
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        raise RuntimeError("mlflow server did not start in 90 s")
+    url, proc = start_mlflow_server(tmp_path_factory.mktemp("server"))
     yield url, proc
     proc.terminate()
     proc.wait(timeout=30)
-    log.close()
 
 
 @pytest.mark.slow
