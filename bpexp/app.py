@@ -1,6 +1,6 @@
 """The imperative shell: compose the config, check it, build the experiment, train, track.
 
-``python -m bpexp`` runs :func:`hydra_main` through Hydra; notebooks call :func:`bpexp.run`,
+``python -m bpexp`` (:mod:`bpexp.__main__`) runs it through Hydra; notebooks call :func:`run`,
 which composes the same configuration with Hydra's compose API. Everything that can be wrong
 with the input is checked in :func:`build` before a tracking run is created.
 """

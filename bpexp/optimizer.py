@@ -66,10 +66,18 @@ class Optimizer:
             raise bad_value("optimizer.form", self.form, FORMS)
         if self.eps <= 0:
             raise bad_value("optimizer.eps", self.eps, "a number > 0")
-        if self.bias_correction and self.name == "momentum" and self.form != "ema":
+        # Settings a rule would silently ignore are refused: two runs that compute the same
+        # thing must not look different in the store.
+        if self.form != "classical" and self.name != "momentum":
             raise ConfigError(
-                "optimizer.bias_correction=true needs optimizer.form='ema'; the classical form "
-                "has no average to correct"
+                f"optimizer.form={self.form!r} applies to optimizer.name='momentum' only; "
+                f"{self.name} has one form (leave optimizer.form=classical)"
+            )
+        if self.bias_correction and not (self.name == "momentum" and self.form == "ema"):
+            raise ConfigError(
+                "optimizer.bias_correction=true needs optimizer.name='momentum' with "
+                "optimizer.form='ema': the classical form has no average to correct, and adam "
+                "always corrects its moments"
             )
 
     def init(self, w: Array) -> State:

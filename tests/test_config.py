@@ -150,7 +150,9 @@ def test_pixels_sweep_builds_the_12_pixel_network(composer):
         (["cost=quadratic", "network.output_activation=softmax"], "cost.name"),
         (["data.val_fraction=1.0"], "data.val_fraction"),
         (["trainer.dtype=float16"], "trainer.dtype"),
-        (["optimizer.form=ema"], None),  # allowed: sgd ignores the form
+        (["optimizer.form=ema"], "optimizer.form"),  # sgd has one form: not silently ignored
+        (["optimizer=nesterov", "optimizer.bias_correction=true"], "optimizer.bias_correction"),
+        (["optimizer=momentum_ema_bc"], None),
     ],
 )
 def test_semantic_validation_names_the_key(composer, overrides, key):

@@ -183,6 +183,8 @@ def test_every_rule_descends_a_quadratic():
         ({"name": "momentum", "lr": 0.1, "beta": 1.0}, "optimizer.beta"),
         ({"name": "momentum", "lr": 0.1, "form": "heavy_ball"}, "optimizer.form"),
         ({"name": "momentum", "lr": 0.1, "bias_correction": True}, "optimizer.bias_correction"),
+        ({"name": "adam", "lr": 0.1, "bias_correction": True}, "optimizer.bias_correction"),
+        ({"name": "nesterov", "lr": 0.1, "form": "ema"}, "optimizer.form"),
     ],
 )
 def test_bad_settings_name_the_key(kwargs, key):
