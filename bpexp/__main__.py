@@ -54,7 +54,7 @@ def main() -> None:
         stopped = "interrupted"
         code = 143 if isinstance(exc, Terminated) else 130
         sweep.finish(stopped)
-        print("interrupted: the run in progress was closed as KILLED", file=sys.stderr)
+        print("interrupted (a tracked run in progress was closed as KILLED)", file=sys.stderr)
         sys.exit(code)
     except BaseException as exc:
         if not isinstance(exc, SystemExit) or exc.code not in (0, None):
