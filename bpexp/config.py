@@ -19,7 +19,10 @@ from bpexp.errors import ConfigError, bad_value
 from bpexp.optimizer import Optimizer
 from bpexp.trainer import TrainerConfig
 
-ROOT = Path(__file__).resolve().parent.parent
+_PACKAGE = Path(__file__).resolve().parent
+# A wheel ships conf/ and sweeps/ inside the package; a checkout (and an editable install)
+# keeps them at the top level of the repository, beside the package.
+ROOT = _PACKAGE if (_PACKAGE / "conf").is_dir() else _PACKAGE.parent
 CONF_DIR = ROOT / "conf"
 SWEEPS_DIR = ROOT / "sweeps"
 
@@ -82,9 +85,9 @@ class Config:
 
 
 def register() -> None:
-    """Register the schema and the ``${bpexp_root:}`` resolver used in ``conf/config.yaml``."""
+    """Register the schema and the ``${bpexp_sweeps:}`` resolver used in ``conf/config.yaml``."""
     ConfigStore.instance().store(name="bpexp_schema", node=Config)
-    OmegaConf.register_new_resolver("bpexp_root", lambda: ROOT.as_posix(), replace=True)
+    OmegaConf.register_new_resolver("bpexp_sweeps", lambda: SWEEPS_DIR.as_posix(), replace=True)
 
 
 def to_optimizer(cfg: OptimizerConfig | DictConfig) -> Optimizer:

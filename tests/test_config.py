@@ -182,3 +182,39 @@ def test_slurm_launcher_config_composes(composer):
     cfg = composer(["hydra/launcher=slurm"], return_hydra_config=True)
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
     assert cfg.hydra.launcher.cpus_per_task == 1
+
+
+@pytest.mark.slow
+def test_wheel_ships_conf_and_sweeps(tmp_path):
+    """`pip install .` (not only -e) must find the configs: they travel inside the package."""
+    import subprocess
+    import sys
+    import zipfile
+
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(config.ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (wheel,) = tmp_path.glob("bpexp-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert "bpexp/conf/config.yaml" in names
+    for group in GROUPS:
+        for option in options(group):
+            assert f"bpexp/conf/{group}/{option}.yaml" in names
+    for name in SWEEPS:
+        assert f"bpexp/sweeps/sweep/{name}.yaml" in names

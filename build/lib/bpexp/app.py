@@ -1,0 +1,322 @@
+"""The imperative shell: compose the config, check it, build the experiment, train, track.
+
+``python -m bpexp`` (:mod:`bpexp.__main__`) runs it through Hydra; notebooks call :func:`run`,
+which composes the same configuration with Hydra's compose API. Everything that can be wrong
+with the input is checked in :func:`build` before a tracking run is created.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from bpexp import config as config_module
+from bpexp.config import CONF_DIR, TrackingConfig, flatten, to_optimizer, validate
+from bpexp.cost import Cost, get_cost
+from bpexp.data import Dataset, load_dataset
+from bpexp.errors import ConfigError
+from bpexp.network import Network, initialize, save_weights, weights
+from bpexp.optimizer import Optimizer, label
+from bpexp.rng import stream
+from bpexp.trainer import (
+    EndRecord,
+    EpochRecord,
+    Listener,
+    Record,
+    TrainerConfig,
+    TrainResult,
+    train,
+)
+from bpexp.trainer import validate as validate_trainer
+
+
+@dataclass
+class Experiment:
+    """Everything one run needs, built and checked, before any run is created."""
+
+    cfg: DictConfig
+    data: Dataset
+    net: Network
+    optimizer: Optimizer
+    cost: Cost
+    trainer: TrainerConfig
+    initial_weights: dict[str, np.ndarray]  # W1, b1, ..., WL, bL before any update
+
+
+@dataclass
+class Result:
+    """What :func:`bpexp.run` returns."""
+
+    outcome: str
+    metrics: dict[str, float]  # final values: train/, val/, test/ and instruments
+    history: pd.DataFrame  # one row per epoch (0 = at initialisation), one column per metric
+    weights: dict[str, np.ndarray]  # W1, b1, ..., WL, bL
+    run_id: str | None = None
+    skipped: bool = False
+
+
+def build(cfg: DictConfig) -> Experiment:
+    """Check the config and load what it names; raises ConfigError before anything runs.
+
+    Each check has one owner: the config (:func:`bpexp.config.validate`), the optimizer and the
+    cost (their constructors), the data loader, the trainer (sizes that need the data) and the
+    network (activations, initialisation, the init file).
+    """
+    validate(cfg)
+    optimizer = to_optimizer(cfg.optimizer)
+    cost = get_cost(cfg.cost.name, cfg.network.output_activation)
+    d = cfg.data
+    data = load_dataset(
+        d.name,
+        path=d.path,
+        val_fraction=d.val_fraction,
+        test_fraction=d.test_fraction,
+        seed=cfg.seed,
+        dtype=cfg.trainer.dtype,
+        url=d.url,
+        cache_dir=d.cache_dir,
+        n_samples=d.n_samples,
+    )
+    if data.task == "regression" and cost.name != "quadratic":
+        raise ConfigError(
+            f"cost.name={cost.name!r} needs class labels, but data.name={d.name!r} has "
+            "real-valued targets; use cost=quadratic (with network.output_activation=linear)"
+        )
+    trainer_cfg = TrainerConfig(**OmegaConf.to_container(cfg.trainer, resolve=True))
+    validate_trainer(trainer_cfg, data.X_train.shape[0])
+    sizes = [data.n_inputs, *cfg.network.hidden, data.n_outputs]
+    net = Network(sizes, cfg.network.activation, cfg.network.output_activation, cfg.trainer.dtype)
+    initialize(net, cfg.network.init, stream(cfg.seed, "init"), cfg.network.init_path)
+    return Experiment(cfg, data, net, optimizer, cost, trainer_cfg, weights(net))
+
+
+def run_name(cfg: DictConfig) -> str:
+    """A name readable in the UI's run list: ``nesterov lr=0.5 beta=0.9 seed=1``."""
+    opt = cfg.optimizer
+    parts = [label(opt.name, opt.form, opt.bias_correction), f"lr={opt.lr:g}"]
+    if opt.name in ("momentum", "nesterov", "adam"):
+        parts.append(f"beta={opt.beta:g}")
+    parts.append(f"seed={cfg.seed}")
+    return " ".join(parts)
+
+
+def history_frame(result: TrainResult) -> pd.DataFrame:
+    return pd.DataFrame(result.history).set_index("epoch")
+
+
+class Printer:
+    """Listener printing one line per epoch, and the final metrics."""
+
+    SHOWN = ("train/loss", "train/accuracy", "val/loss", "val/accuracy")
+
+    MAX_LINES = 30
+
+    def __init__(self, epochs: int, stream_=sys.stdout) -> None:
+        self.epochs = epochs
+        self.every = -(-epochs // self.MAX_LINES)  # ceil: at most ~30 epoch lines
+        self.out = stream_
+        self.start = time.perf_counter()
+
+    def __call__(self, record: Record) -> None:
+        if isinstance(record, EpochRecord):
+            if record.epoch % self.every and record.epoch != self.epochs:
+                return
+            shown = "  ".join(
+                f"{k} {record.metrics[k]:.4f}" for k in self.SHOWN if k in record.metrics
+            )
+            width = len(str(self.epochs))
+            print(
+                f"epoch {record.epoch:>{width}}/{self.epochs}  {shown}", file=self.out, flush=True
+            )
+        elif isinstance(record, EndRecord):
+            elapsed = time.perf_counter() - self.start
+            shown = "  ".join(f"{k} {v:.4f}" for k, v in record.metrics.items())
+            print(
+                f"{record.outcome} after {record.epoch} epochs in {elapsed:.1f} s  {shown}",
+                file=self.out,
+                flush=True,
+            )
+
+
+def _fan_out(listeners: list[Listener]) -> Listener:
+    def emit(record: Record) -> None:
+        for listener in listeners:
+            listener(record)
+
+    return emit
+
+
+def execute(
+    cfg: DictConfig,
+    *,
+    echo: bool = True,
+    sweep_name: str | None = None,
+    parent: Callable[[object, str], str] | None = None,
+    listeners: list[Listener] | None = None,
+) -> Result:
+    """Build, train and (if ``tracking.enabled``) log one experiment; ``listeners`` receive
+    every training record too (see :mod:`bpexp.trainer`). ``parent(client, experiment_id)``
+    gives the parent run of a sweep's job (:func:`bpexp.sweep.ensure_parent`).
+
+    Bad input raises ConfigError (TrackingError for the store) before any run exists. Once the
+    run exists, divergence is an outcome; an exception marks the run FAILED (traceback as an
+    artifact) and is re-raised; KeyboardInterrupt (Ctrl-C, or SIGTERM under ``python -m
+    bpexp``) marks it KILLED, with the metrics logged so far kept.
+    """
+    exp = build(cfg)
+    flat = flatten(cfg)
+    tracking = TrackingConfig(**OmegaConf.to_container(cfg.tracking, resolve=True))
+    logger = None
+    if tracking.enabled:
+        from bpexp import tracking as tr  # MLflow is imported only when tracking is on
+
+        uri = tr.tracking_uri(tracking.uri)
+        client = tr.connect(uri, tracking.timeout_seconds)
+        experiment_id = tr.ensure_experiment(client, tracking.experiment)
+        parent_run_id = parent(client, experiment_id) if parent else None
+        digest = tr.config_hash(flat)
+        done = None if cfg.get("force", False) else tr.finished_run(client, experiment_id, digest)
+        if done is not None:
+            if echo:
+                print(
+                    f"skipped: run {done.info.run_id} already has this exact config "
+                    f"({done.data.tags['outcome']}); add +force=true to run it again",
+                    flush=True,
+                )
+            return Result(
+                done.data.tags["outcome"],
+                done.data.metrics,
+                pd.DataFrame(),
+                {},
+                run_id=done.info.run_id,
+                skipped=True,
+            )
+        params = {**flat, "network.sizes": list(exp.net.sizes)}
+        tags = {
+            "optimizer": cfg.optimizer.name,
+            "sweep": sweep_name or "",
+            "bpexp.config_hash": digest,
+            "outcome": "running",
+        }
+        logger = tr.start_run(client, experiment_id, run_name(cfg), params, tags, parent_run_id)
+        if echo:
+            print(
+                f"tracking: run {logger.run_id} in experiment {tracking.experiment!r} at {uri}",
+                flush=True,
+            )
+
+    listeners = [*(listeners or []), *([Printer(exp.trainer.epochs)] if echo else [])]
+    if logger is not None:
+        listeners.append(logger)
+    try:
+        result = train(
+            exp.net,
+            exp.optimizer,
+            exp.cost,
+            exp.data,
+            exp.trainer,
+            cfg.seed,
+            _fan_out(listeners),
+            tracking.log_every_n_steps,
+        )
+        out = Result(result.outcome, result.final_metrics, history_frame(result), weights(exp.net))
+        if logger is not None:
+            out.run_id = logger.run_id
+            _log_run_artifacts(logger, cfg, exp, tracking.plots)
+            tr.end_run(logger, result.outcome)
+    except KeyboardInterrupt:
+        if logger is not None:
+            _close_quietly(logger, "interrupted")
+        raise
+    except Exception:
+        if logger is not None:
+            _close_quietly(logger, "failed", traceback.format_exc())
+        raise
+    if logger is not None and echo:
+        print(
+            f"logged: run {logger.run_id} ({run_name(cfg)}), {logger.points_logged} "
+            f"metric points, at {uri}; browse with: mlflow ui --backend-store-uri {uri}",
+            flush=True,
+        )
+    return out
+
+
+def _close_quietly(logger, outcome: str, trace: str | None = None) -> None:
+    """Close a run after an error without hiding that error under a second one."""
+    from bpexp import tracking as tr
+
+    try:
+        if trace is not None:
+            _log_files(logger, {"traceback.txt": trace.encode()})
+        tr.end_run(logger, outcome)
+    except Exception as exc:  # the store itself may be what failed
+        print(f"warning: could not close run {logger.run_id} as {outcome}: {exc}", file=sys.stderr)
+
+
+def _log_files(logger, files: dict[str, bytes | Path]) -> None:
+    """Write ``{artifact path: content}`` into a temporary tree and log it in one call."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, content in files.items():
+            target = Path(tmp) / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(content, bytes):
+                target.write_bytes(content)
+            else:
+                target.write_bytes(Path(content).read_bytes())
+        logger.client.log_artifacts(logger.run_id, tmp)
+
+
+def _log_run_artifacts(logger, cfg: DictConfig, exp: Experiment, plots: bool) -> None:
+    """config.yaml, weights/initial.npz, weights/final.npz, history.parquet and the plots."""
+    history = pd.DataFrame(logger.rows, columns=["metric", "step", "value"])
+    history.insert(0, "run_id", logger.run_id)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        (tmp_path / "weights").mkdir()
+        (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        save_weights(weights(exp.net), tmp_path / "weights" / "final.npz")
+        save_weights(exp.initial_weights, tmp_path / "weights" / "initial.npz")
+        history.to_parquet(tmp_path / "history.parquet", index=False)
+        if plots:
+            from bpexp.plots import RUN_PLOTS, new_axes
+
+            (tmp_path / "plots").mkdir()
+            for name, plot in RUN_PLOTS.items():
+                fig = plot(history, new_axes(layout=None))
+                fig.savefig(tmp_path / "plots" / name, dpi=80)
+        logger.client.log_artifacts(logger.run_id, tmp)
+
+
+def compose(overrides: list[str] | None = None) -> DictConfig:
+    """The configuration ``python -m bpexp <overrides>`` would run, via Hydra's compose API."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    config_module.register()
+    if GlobalHydra.instance().is_initialized():
+        GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=list(overrides or []))
+
+
+def run(
+    overrides: list[str] | None = None,
+    *,
+    echo: bool = False,
+    listeners: list[Listener] | None = None,
+) -> Result:
+    """Run one experiment from Python, e.g. ``bpexp.run(["optimizer=nesterov"])``.
+
+    Returns the final metrics, the per-epoch history as a DataFrame and the final weights.
+    """
+    return execute(compose(overrides), echo=echo, listeners=listeners)

@@ -1,0 +1,136 @@
+"""The configuration schema: one dataclass per Hydra group, registered in Hydra's ConfigStore.
+
+The groups mirror the modules: ``network`` → :mod:`bpexp.network`, ``cost`` → :mod:`bpexp.cost`,
+``optimizer`` → :mod:`bpexp.optimizer`, ``data`` → :mod:`bpexp.data`, ``trainer`` →
+:mod:`bpexp.trainer`, ``tracking`` → :mod:`bpexp.tracking`. Being structured configs, a wrong
+type or an unknown key fails at composition with a message naming the key; :func:`validate`
+then checks the values (ranges, allowed names, incompatible pairs) before anything runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from bpexp.errors import ConfigError, bad_value
+from bpexp.optimizer import Optimizer
+from bpexp.trainer import TrainerConfig
+
+_PACKAGE = Path(__file__).resolve().parent
+# A wheel ships conf/ and sweeps/ inside the package; a checkout (and an editable install)
+# keeps them at the top level of the repository, beside the package.
+ROOT = _PACKAGE if (_PACKAGE / "conf").is_dir() else _PACKAGE.parent
+CONF_DIR = ROOT / "conf"
+SWEEPS_DIR = ROOT / "sweeps"
+
+
+@dataclass
+class NetworkConfig:
+    hidden: list[int] = field(default_factory=lambda: [30])
+    activation: str = "sigmoid"
+    output_activation: str = "sigmoid"
+    init: str = "normal"
+    init_path: str | None = None
+
+
+@dataclass
+class CostConfig:
+    name: str = "quadratic"
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "sgd"
+    lr: float = 3.0
+    beta: float = 0.9
+    form: str = "classical"
+    bias_correction: bool = False
+    beta2: float = 0.999
+    eps: float = 1e-8
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"
+    path: str | None = None
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    url: str | None = None
+    cache_dir: str | None = None
+    n_samples: int | None = None
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = True
+    uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the cwd
+    experiment: str = "bpexp"
+    log_every_n_steps: int | None = None  # None: automatic, at most ~200 points per run
+    plots: bool = True
+    timeout_seconds: float = 10.0
+
+
+@dataclass
+class Config:
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    cost: CostConfig = field(default_factory=CostConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    seed: int = 0
+
+
+def register() -> None:
+    """Register the schema and the ``${bpexp_sweeps:}`` resolver used in ``conf/config.yaml``."""
+    ConfigStore.instance().store(name="bpexp_schema", node=Config)
+    OmegaConf.register_new_resolver("bpexp_sweeps", lambda: SWEEPS_DIR.as_posix(), replace=True)
+
+
+def to_optimizer(cfg: OptimizerConfig | DictConfig) -> Optimizer:
+    """The core's :class:`~bpexp.optimizer.Optimizer` for ``cfg.optimizer`` (validates it)."""
+    return Optimizer(
+        name=cfg.name,
+        lr=cfg.lr,
+        beta=cfg.beta,
+        form=cfg.form,
+        bias_correction=cfg.bias_correction,
+        beta2=cfg.beta2,
+        eps=cfg.eps,
+    )
+
+
+def validate(cfg: Config | DictConfig) -> None:
+    """Check what only the configuration knows; raises ConfigError naming the key.
+
+    The other checks belong to the pieces they concern and run in :func:`bpexp.app.build`,
+    also before training: the optimizer and the cost (their constructors), the data loader
+    (``data.*``, ``trainer.dtype``), the trainer (``trainer.*``, with the data set's size) and
+    the network (activations, ``network.init``, the init file).
+    """
+    for i, n in enumerate(cfg.network.hidden):
+        if n < 1:
+            raise bad_value(f"network.hidden[{i}]", n, "layer sizes >= 1")
+    if OmegaConf.is_missing(cfg.data, "path"):
+        raise ConfigError(f"data.name={cfg.data.name!r} needs data.path: the file to read")
+    stride = cfg.tracking.log_every_n_steps
+    if stride is not None and stride < 1:
+        raise bad_value("tracking.log_every_n_steps", stride, "null (automatic) or >= 1")
+    if not cfg.tracking.timeout_seconds > 0:
+        raise bad_value("tracking.timeout_seconds", cfg.tracking.timeout_seconds, "a number > 0")
+
+
+def flatten(cfg: DictConfig | dict, prefix: str = "") -> dict[str, object]:
+    """The resolved config as dotted keys: ``{"optimizer.lr": 0.5, "network.hidden": [30]}``."""
+    container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    out: dict[str, object] = {}
+    for key, value in container.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out

@@ -1,0 +1,161 @@
+"""First-order update rules, one signature for all: ``optimizer.step(w, g, state)``.
+
+``w`` is the flat parameter vector and ``g`` the gradient of the batch-mean cost; the step
+updates ``w`` and ``state`` in place. ``state = optimizer.init(w)`` is a plain dict of arrays and
+the step counter ``t``: everything the rule remembers is there to inspect.
+Forms (SCIENCE.md, "Exponentially weighted averages and momentum"):
+
+- ``sgd``:       w ← w − η g
+- ``momentum``, ``form="classical"``: v ← β v − η g;  w ← w + v
+  (identical to torch.optim.SGD(momentum=β, dampening=0) with lr = η).
+- ``momentum``, ``form="ema"``: v ← β v + (1 − β) g;  w ← w − η v, or with ``bias_correction``
+  w ← w − η v / (1 − β^t). EMA(η, β) ≡ classical with η(1 − β).
+- ``nesterov``:  the reformulated form whose stored weights are the look-ahead point:
+  v ← β v − η g(w);  w ← w − β v_prev + (1 + β) v, i.e. w ← w + β v − η g
+  (identical to torch.optim.SGD(momentum=β, nesterov=True)).
+- ``rmsprop``:   s ← ρ s + (1 − ρ) g²;  w ← w − η g / (√s + ε), with ρ = ``beta2``.
+- ``adam``:      m ← β m + (1 − β) g;  s ← β₂ s + (1 − β₂) g²;
+  w ← w − η m̂ / (√ŝ + ε), m̂ = m / (1 − β^t), ŝ = s / (1 − β₂^t).
+
+Adding a rule is one function and one entry in ``RULES``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from bpexp.errors import ConfigError, bad_value
+
+Array = np.ndarray
+State = dict[str, object]
+
+FORMS = ("classical", "ema")
+
+
+def label(name: str, form: str = "classical", bias_correction: bool = False) -> str:
+    """The name of an update rule in run names, reports and plots: ``sgd``,
+    ``momentum/classical``, ``momentum/ema+bc``, ``nesterov`` (the form only for momentum)."""
+    if name != "momentum":
+        return name
+    return f"momentum/{form}" + ("+bc" if bias_correction else "")
+
+
+@dataclass(frozen=True)
+class Optimizer:
+    name: str
+    lr: float
+    beta: float = 0.9
+    form: str = "classical"
+    bias_correction: bool = False
+    beta2: float = 0.999
+    eps: float = 1e-8
+
+    def __post_init__(self) -> None:
+        if self.name not in RULES:
+            raise bad_value("optimizer.name", self.name, RULES)
+        if not (self.lr > 0 and np.isfinite(self.lr)):
+            raise bad_value("optimizer.lr", self.lr, "a finite number > 0")
+        if not 0 <= self.beta < 1:
+            raise bad_value("optimizer.beta", self.beta, "0 <= beta < 1")
+        if not 0 <= self.beta2 < 1:
+            raise bad_value("optimizer.beta2", self.beta2, "0 <= beta2 < 1")
+        if self.form not in FORMS:
+            raise bad_value("optimizer.form", self.form, FORMS)
+        if self.eps <= 0:
+            raise bad_value("optimizer.eps", self.eps, "a number > 0")
+        # Settings a rule would silently ignore are refused: two runs that compute the same
+        # thing must not look different in the store.
+        if self.form != "classical" and self.name != "momentum":
+            raise ConfigError(
+                f"optimizer.form={self.form!r} applies to optimizer.name='momentum' only; "
+                f"{self.name} has one form (leave optimizer.form=classical)"
+            )
+        if self.bias_correction and not (self.name == "momentum" and self.form == "ema"):
+            raise ConfigError(
+                "optimizer.bias_correction=true needs optimizer.name='momentum' with "
+                "optimizer.form='ema': the classical form has no average to correct, and adam "
+                "always corrects its moments"
+            )
+
+    def init(self, w: Array) -> State:
+        """Zero state for parameters shaped like ``w``: velocity/moments, step count, scratch."""
+        state: State = {"t": 0, "scratch": np.zeros_like(w)}
+        for key in BUFFERS[self.name]:
+            state[key] = np.zeros_like(w)
+        return state
+
+    def step(self, w: Array, g: Array, state: State) -> None:
+        """One update of ``w`` (in place) from the gradient ``g``."""
+        state["t"] = int(state["t"]) + 1
+        RULES[self.name](self, w, g, state)
+
+
+def _sgd(opt: Optimizer, w: Array, g: Array, state: State) -> None:
+    scaled = np.multiply(g, opt.lr, out=state["scratch"])
+    w -= scaled
+
+
+def _momentum(opt: Optimizer, w: Array, g: Array, state: State) -> None:
+    v, scratch = state["v"], state["scratch"]
+    v *= opt.beta
+    if opt.form == "classical":
+        v -= np.multiply(g, opt.lr, out=scratch)
+        w += v
+    else:
+        v += np.multiply(g, 1.0 - opt.beta, out=scratch)
+        lr = opt.lr / (1.0 - opt.beta ** state["t"]) if opt.bias_correction else opt.lr
+        w -= np.multiply(v, lr, out=scratch)
+
+
+def _nesterov(opt: Optimizer, w: Array, g: Array, state: State) -> None:
+    v, scratch = state["v"], state["scratch"]
+    np.multiply(g, opt.lr, out=scratch)
+    v *= opt.beta
+    v -= scratch  # v ← β v − η g
+    w -= scratch
+    w += np.multiply(v, opt.beta, out=scratch)  # w ← w + β v − η g
+
+
+def _rmsprop(opt: Optimizer, w: Array, g: Array, state: State) -> None:
+    s, scratch = state["s"], state["scratch"]
+    s *= opt.beta2
+    s += np.multiply(np.square(g, out=scratch), 1.0 - opt.beta2, out=scratch)
+    np.sqrt(s, out=scratch)
+    scratch += opt.eps
+    np.divide(g, scratch, out=scratch)
+    scratch *= opt.lr
+    w -= scratch
+
+
+def _adam(opt: Optimizer, w: Array, g: Array, state: State) -> None:
+    m, s, scratch, t = state["m"], state["s"], state["scratch"], state["t"]
+    m *= opt.beta
+    m += np.multiply(g, 1.0 - opt.beta, out=scratch)
+    s *= opt.beta2
+    s += np.multiply(np.square(g, out=scratch), 1.0 - opt.beta2, out=scratch)
+    # √ŝ + ε = √s / √(1 − β₂^t) + ε; the step is η m̂ / (√ŝ + ε).
+    np.sqrt(s, out=scratch)
+    scratch /= np.sqrt(1.0 - opt.beta2**t)
+    scratch += opt.eps
+    np.divide(m, scratch, out=scratch)
+    scratch *= opt.lr / (1.0 - opt.beta**t)
+    w -= scratch
+
+
+RULES: dict[str, Callable[[Optimizer, Array, Array, State], None]] = {
+    "sgd": _sgd,
+    "momentum": _momentum,
+    "nesterov": _nesterov,
+    "rmsprop": _rmsprop,
+    "adam": _adam,
+}
+BUFFERS: dict[str, tuple[str, ...]] = {
+    "sgd": (),
+    "momentum": ("v",),
+    "nesterov": ("v",),
+    "rmsprop": ("s",),
+    "adam": ("m", "s"),
+}

@@ -1,0 +1,379 @@
+"""Sweep reports: the comparison table and plots as a folder, logged to the sweep's parent run.
+
+    python -m bpexp.report [SWEEP_NAME_OR_PARENT_RUN_ID] [--tracking-uri URI]
+                           [--experiment NAME] [--out DIR] [--no-log]
+                           [--target-loss L] [--target-accuracy A]
+
+writes ``reports/<sweep>-<parent id prefix>/`` (default: the latest sweep of the experiment):
+``index.md`` with the comparison table (:func:`bpexp.analysis.compare`) linking the PNG plots,
+``comparison.csv`` and ``runs.csv``, and logs the folder to the parent run under ``report/``.
+At the end of a multirun :func:`log_sweep` does the same for the runs in the sweep's summary
+and also logs, per epoch, each arm's mean over seeds at its best setting as
+``sweep/<metric>/<arm>`` metrics of the parent run (``sweep/val/loss/sgd``), so its charts in
+the MLflow UI are not empty.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
+
+from bpexp import analysis, plots
+from bpexp.tracking import BATCH_LIMIT
+
+REPORT_ARTIFACT_PATH = "report"
+PARENT_METRICS = ("val/loss", "val/accuracy", "train/loss")  # logged as sweep/<metric>/<arm>
+PLOT_FILES = {
+    "loss_curves.png": "Loss per epoch (train dashed, validation solid)",
+    "accuracy_curves.png": "Accuracy per epoch (train dashed, validation solid)",
+    "lr_sensitivity.png": "Final loss against the learning rate",
+    "grad_norm.png": "Gradient norm per layer",
+    "saturation.png": "Saturated fraction per layer",
+}
+
+
+@dataclass
+class Report:
+    """What :func:`write_report` wrote and computed."""
+
+    index: Path  # index.md
+    comparison: pd.DataFrame  # analysis.compare's table
+    curves: pd.DataFrame  # history rows of each arm's best-setting runs, with an `arm` column
+
+
+def parent_metric_key(metric: str, arm: str) -> str:
+    """The parent run's name for an arm's mean curve of a run metric, ``sweep/<metric>/<arm>``:
+    in the arm, "/" and "+" become "-" and every other character MLflow does not allow (it
+    allows letters, digits, ``_ - . : /`` and spaces) or a space becomes "_", so
+    ``parent_metric_key("val/loss", "momentum/ema+bc")`` is ``sweep/val/loss/momentum-ema-bc``.
+    """
+    clean = re.sub(r"[^\w.:-]+", "_", arm.replace("/", "-").replace("+", "-"))
+    return f"sweep/{metric}/{clean}"
+
+
+def _format(value: object, digits: int = 4) -> str:
+    if isinstance(value, float | np.floating):
+        if math.isnan(value):
+            return ""
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def _pm(mean: float, half: float) -> str:
+    """``mean ± half``; the mean alone when the half-width is unknown (one seed)."""
+    if math.isnan(mean):
+        return ""
+    return _format(mean) if math.isnan(half) else f"{_format(mean)} ± {_format(half, 2)}"
+
+
+def display_table(
+    comparison: pd.DataFrame,
+    over: Sequence[str] = (),
+    metric: str = "val/loss",
+    paired: bool = True,
+) -> pd.DataFrame:
+    """The comparison as text for reading: the best ``over`` setting per arm, means with their
+    95% CI, the epochs to targets, counts, and (``paired``) the paired difference against the
+    best arm."""
+    accuracy = metric.removesuffix("/loss") + "/accuracy"
+    out = pd.DataFrame({"arm": comparison["arm"]})
+    names = comparison.get("optimizer.name", pd.Series("", index=comparison.index))
+    for column in over:
+        shown = comparison[column].map(_format)
+        if column == "optimizer.beta":  # SGD and RMSprop have no beta (RMSprop's is beta2)
+            shown = shown.where(~names.isin(["sgd", "rmsprop"]), "")
+        out[f"best {column}"] = shown
+    out["seeds"] = comparison["seeds"]
+    for name in (metric, accuracy):
+        if f"{name}_mean" in comparison.columns:
+            out[f"final {name} (95% CI)"] = [
+                _pm(m, h)
+                for m, h in zip(comparison[f"{name}_mean"], comparison[f"{name}_ci95"], strict=True)
+            ]
+            out[f"{name} std"] = comparison[f"{name}_std"].map(_format)
+    for kind in ("loss", "accuracy"):
+        if f"epochs_to_target_{kind}" in comparison.columns:
+            out[f"epochs to target {kind}"] = [
+                f"{_format(e)} ({r}/{s} seeds)"
+                for e, r, s in zip(
+                    comparison[f"epochs_to_target_{kind}"],
+                    comparison[f"target_{kind}_reached"],
+                    comparison["seeds"],
+                    strict=True,
+                )
+            ]
+    out["runs / diverged / failed"] = [
+        f"{r} / {d} / {f}"
+        for r, d, f in zip(
+            comparison["runs"], comparison["diverged"], comparison["failed"], strict=True
+        )
+    ]
+    if not paired:
+        return out
+    out[f"Δ {metric} vs best, paired (95% CI)"] = [
+        "(best)" if i == 0 else _pm(m, h) + (f" (n={n})" if n else "")
+        for i, (m, h, n) in enumerate(
+            zip(
+                comparison["diff_vs_best_mean"],
+                comparison["diff_vs_best_ci95"],
+                comparison["paired_seeds"],
+                strict=True,
+            )
+        )
+    ]
+    return out
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A GitHub-flavoured Markdown table of ``frame`` (all cells as text)."""
+    cells = frame.astype(str).map(lambda c: c.replace("|", "\\|"))
+    lines = [
+        "| " + " | ".join(frame.columns) + " |",
+        "|" + "|".join("---" for _ in frame.columns) + "|",
+    ]
+    lines += ["| " + " | ".join(row) + " |" for row in cells.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def arm_history(
+    history: pd.DataFrame, runs: pd.DataFrame, comparison: pd.DataFrame
+) -> pd.DataFrame:
+    """The history rows of each arm's best-setting runs, with an ``arm`` column."""
+    best = analysis.best_runs(runs, comparison)[["run_id", "arm"]]
+    return history.drop(columns="arm", errors="ignore").merge(best, on="run_id", how="inner")
+
+
+def _sensitivity_runs(runs: pd.DataFrame, by: Sequence[str], over: Sequence[str]) -> pd.DataFrame:
+    """The runs with an ``arm`` column naming also every setting column but the lr that varies
+    within an arm (one line per arm and beta in a beta sweep)."""
+    frame = runs.copy()
+    frame["arm"] = analysis.label_arms(frame, by)
+    extra = [
+        c
+        for c in over
+        if c != "optimizer.lr" and frame.groupby("arm")[c].nunique(dropna=False).max() > 1
+    ]
+    for column in extra:
+        frame["arm"] += f" {column.removeprefix('optimizer.')}=" + frame[column].map(_format)
+    return frame
+
+
+def write_report(
+    runs: pd.DataFrame,
+    history: pd.DataFrame,
+    out: Path,
+    *,
+    title: str,
+    notes: Sequence[str] = (),
+    metric: str | None = None,
+    target_loss: float | None = None,
+    target_accuracy: float | None = None,
+) -> Report:
+    """Write ``index.md``, ``comparison.csv``, ``runs.csv`` and the plots (:data:`PLOT_FILES`)
+    into ``out``.
+
+    ``runs``: a runs frame (:func:`bpexp.analysis.runs`), ``history``: their history frame
+    (columns ``run_id, metric, step, value``). Arms and settings come from what the sweep
+    varied (:func:`bpexp.analysis.settings_varied`). ``metric`` ranks the settings: by default
+    ``val/loss``, or ``train/loss`` when the data set has no validation split.
+    """
+    if metric is None:
+        has_val = "val/loss" in runs.columns and runs["val/loss"].notna().any()
+        metric = "val/loss" if has_val else "train/loss"
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    by, over = analysis.settings_varied(runs)
+    comparison = analysis.compare(
+        runs,
+        history,
+        by=by,
+        over=over,
+        metric=metric,
+        target_loss=target_loss,
+        target_accuracy=target_accuracy,
+    )
+    comparison.to_csv(out / "comparison.csv", index=False)
+    runs.to_csv(out / "runs.csv", index=False)
+    curves = arm_history(history, runs, comparison)
+    layers = curves.loc[curves["metric"].str.startswith("saturation/"), ["arm", "metric"]]
+    height = max(3.0, 1.5 + 0.35 * len(layers.drop_duplicates()))
+    figures = {
+        "loss_curves.png": plots.arm_curves(curves, plots.new_axes(8, 5)),
+        "accuracy_curves.png": plots.arm_curves(
+            curves, plots.new_axes(8, 5), metrics=("train/accuracy", "val/accuracy")
+        ),
+        "lr_sensitivity.png": plots.lr_sensitivity(
+            _sensitivity_runs(runs, by, over), plots.new_axes(8, 5), metric=metric
+        ),
+        "grad_norm.png": plots.arm_grad_norms(curves, plots.new_axes(8, 5)),
+        "saturation.png": plots.arm_saturation(curves, plots.new_axes(8, height)),
+    }
+    for name, figure in figures.items():
+        figure.savefig(out / name, dpi=90)
+    counts = runs["outcome"].value_counts().to_dict()
+    # Losses of different costs are on different scales: ranking arms by them means nothing.
+    comparable = "cost.name" not in by
+    caveat = (
+        []
+        if comparable
+        else [
+            f"- cost.name differs between arms: their {metric} values are on different scales,"
+            " so compare arms by accuracy; the best setting within each arm still holds"
+        ]
+    )
+    lines = [
+        f"# {title}",
+        "",
+        *[f"- {note}" for note in notes],
+        f"- runs: {len(runs)} (" + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + ")",
+        f"- arms: {', '.join(by) or '(one)'}; best setting over {', '.join(over) or '(none)'}"
+        f" by the mean final {metric} over seeds (a diverged run counts as +inf)",
+        "- learning-rate convention: `optimizer.lr` as each form defines it; at the same lr,"
+        " classical momentum and Nesterov take 1/(1 - beta) times longer steps than SGD,"
+        " and EMA(lr, beta) equals classical(lr (1 - beta)) (SCIENCE.md)",
+        *caveat,
+        "",
+        "## Comparison",
+        "",
+        markdown_table(display_table(comparison, over, metric, paired=comparable)),
+        "",
+        "95% CI: Student t with n - 1 degrees of freedom over seeds. Δ vs best: the per-seed"
+        f" difference of the final {metric} against the best arm (both at their best setting),"
+        " over the seeds both ran (same seed = same initial weights and mini-batches).",
+        "Numbers: [comparison.csv](comparison.csv); every run: [runs.csv](runs.csv).",
+        "",
+        "## Plots",
+        "",
+    ]
+    for name, caption in PLOT_FILES.items():
+        lines += [f"### {caption}", "", f"![{caption}]({name})", ""]
+    index = out / "index.md"
+    index.write_text("\n".join(lines))
+    return Report(index, comparison, curves)
+
+
+def parent_metrics(curves: pd.DataFrame, timestamp: int | None = None) -> list[Metric]:
+    """Per arm and epoch, the mean over seeds of ``val/loss``, ``val/accuracy`` and
+    ``train/loss`` at the arm's best setting, as ``sweep/val/loss/<arm>`` etc.
+
+    ``curves``: history rows with an ``arm`` column (:func:`arm_history`). Non-finite means
+    (a diverged seed) are left out.
+    """
+    timestamp = timestamp or int(time.time() * 1000)
+    rows = curves[curves["metric"].isin(PARENT_METRICS)]
+    means = rows.groupby(["arm", "metric", "step"])["value"].mean().reset_index()
+    return [
+        Metric(parent_metric_key(m, arm), float(v), timestamp, int(step))
+        for arm, m, step, v in means.itertuples(index=False)
+        if np.isfinite(v)
+    ]
+
+
+def _log_metrics(client: MlflowClient, run_id: str, metrics: list[Metric]) -> None:
+    for start in range(0, len(metrics), BATCH_LIMIT):
+        client.log_batch(run_id, metrics=metrics[start : start + BATCH_LIMIT], synchronous=True)
+
+
+def _parent_notes(client: MlflowClient, parent_id: str) -> tuple[str, list[str]]:
+    parent = client.get_run(parent_id)
+    name = parent.data.tags.get("sweep", "sweep")
+    started = pd.to_datetime(parent.info.start_time, unit="ms").strftime("%Y-%m-%d %H:%M:%S")
+    notes = [
+        f"parent run `{parent_id}` ({parent.info.run_name}), started {started} UTC",
+        f"store: `{client.tracking_uri}`",
+    ]
+    if "bpexp.sweep_dir" in parent.data.tags:
+        notes.append(f"sweep folder: `{parent.data.tags['bpexp.sweep_dir']}`")
+    return name, notes
+
+
+def log_sweep(
+    client: MlflowClient, parent: str, sweep_dir: Path, table: pd.DataFrame
+) -> Path | None:
+    """The end-of-multirun report: written to ``<sweep_dir>/report/``, logged to the parent run
+    under ``report/``, plus the parent's ``sweep/<metric>/<arm>`` metrics.
+
+    ``table``: the sweep summary (columns ``job, outcome, run_id, ...``). Its runs, the jobs
+    skipped because an identical completed run existed included, are read from the store (their
+    ``history.parquet`` artifacts); jobs without a run id (untracked, invalid config) are left
+    out. Returns the path of ``index.md``, or None when no job has a tracked run.
+    """
+    ids = table["run_id"].dropna().astype(str).str.strip()
+    run_ids = list(ids[ids != ""].unique())
+    if not run_ids:
+        return None
+    runs = analysis.runs_by_id(client, run_ids)
+    history = analysis.history(runs, params=(), client=client)
+    name, notes = _parent_notes(client, parent)
+    out = Path(sweep_dir) / "report"
+    report = write_report(runs, history, out, title=f"Sweep `{name}`", notes=notes)
+    client.log_artifacts(parent, str(out), REPORT_ARTIFACT_PATH)
+    _log_metrics(client, parent, parent_metrics(report.curves))
+    print(f"report: {report.index}", flush=True)
+    return report.index
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bpexp.report",
+        description="Write a sweep's comparison table and plots, and log them to its parent run.",
+    )
+    parser.add_argument(
+        "sweep", nargs="?", help="sweep name (its latest run) or parent run id; default: latest"
+    )
+    parser.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI or mlflow.db here")
+    parser.add_argument("--experiment", default="bpexp")
+    parser.add_argument("--out", help="report folder; default reports/<sweep>-<parent id[:8]>/")
+    parser.add_argument("--target-loss", type=float, help="report epochs to reach this loss")
+    parser.add_argument(
+        "--target-accuracy", type=float, help="report epochs to reach this accuracy"
+    )
+    parser.add_argument("--no-log", action="store_true", help="do not log to the parent run")
+    args = parser.parse_args(argv)
+    try:
+        client = analysis.client_for(args.tracking_uri)
+        experiment_id = analysis.find_experiment(client, args.experiment)
+        parent = analysis.sweep_parent(client, experiment_id, args.sweep).info.run_id
+        runs = analysis.runs(args.experiment, sweep=parent, client=client)
+    except (ValueError, MlflowException) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if runs.empty:
+        print(f"error: sweep parent run {parent} has no runs", file=sys.stderr)
+        return 2
+    history = analysis.history(runs, client=client)
+    name, notes = _parent_notes(client, parent)
+    out = Path(args.out or f"reports/{name}-{parent[:8]}").resolve()
+    report = write_report(
+        runs,
+        history,
+        out,
+        title=f"Sweep `{name}`",
+        notes=notes,
+        target_loss=args.target_loss,
+        target_accuracy=args.target_accuracy,
+    )
+    if not args.no_log:
+        client.log_artifacts(parent, str(out), REPORT_ARTIFACT_PATH)
+        # The end of the multirun logged them already, unless it predates the report code.
+        if not any(key.startswith("sweep/") for key in client.get_run(parent).data.metrics):
+            _log_metrics(client, parent, parent_metrics(report.curves))
+        print(f"logged to parent run {parent} under {REPORT_ARTIFACT_PATH}/")
+    print(report.index)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,214 @@
+"""Multiruns: one MLflow parent run per sweep, a result file per job, and the summary table.
+
+Hydra runs :class:`SweepCallback.on_multirun_start` in the launching process before any job:
+it creates the store, the experiment and the parent run once (several jobs creating a fresh
+SQLite store at once would corrupt it) and hands the sweep folder and the parent run id to the
+jobs through environment variables, which joblib's and submitit's workers inherit.
+
+A job never raises out of a multirun (Hydra would skip ``on_multirun_end``); it writes
+``results/<job>.json`` into the sweep folder instead. :func:`finish` reads them all, prints and
+saves ``summary.csv`` and closes the parent run. ``python -m bpexp`` calls it when Hydra returns
+or raises, so the summary is written also when jobs failed or the sweep was interrupted.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sys
+import traceback
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from bpexp.errors import ConfigError, TrackingError
+
+SWEEP_DIR_ENV = "BPEXP_SWEEP_DIR"
+SWEEP_START_ENV = "BPEXP_SWEEP_START"
+PARENT_FILE = "parent_run_id"
+SWEEP_NAME_ENV = "BPEXP_SWEEP_NAME"
+TRACKING_URI_ENV = "BPEXP_SWEEP_TRACKING_URI"
+FINAL_METRICS = [
+    "train/loss",
+    "train/accuracy",
+    "val/loss",
+    "val/accuracy",
+    "test/loss",
+    "test/accuracy",
+]
+SUMMARY_COLUMNS = ["job", "overrides", "outcome", "epochs", *FINAL_METRICS, "run_id", "error"]
+
+
+def sweep_name(choices: dict) -> str:
+    return choices.get("sweep") or "multirun"
+
+
+class SweepCallback(Callback):
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        name = sweep_name(dict(config.hydra.runtime.choices))
+        os.environ[SWEEP_DIR_ENV] = str(sweep_dir)
+        os.environ[SWEEP_NAME_ENV] = name
+        os.environ[SWEEP_START_ENV] = datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+        print(f"sweep {name!r}: outputs in {sweep_dir}", flush=True)
+        if not config.tracking.enabled:
+            return
+        from bpexp import tracking as tr
+
+        # The store and the experiment exist before any job starts; the parent run is created
+        # by the first job whose config is valid (see ensure_parent), so that a sweep of
+        # invalid jobs leaves no run behind.
+        uri = tr.tracking_uri(config.tracking.uri)
+        client = tr.connect(uri, config.tracking.timeout_seconds)
+        tr.ensure_experiment(client, config.tracking.experiment)
+        os.environ[TRACKING_URI_ENV] = uri
+
+
+def ensure_parent(client, experiment_id: str) -> str:
+    """The sweep's parent run id, created once for all jobs (a file lock in the sweep folder
+    serialises parallel jobs; the id is kept in ``<sweep_dir>/parent_run_id``)."""
+    sweep_dir = Path(os.environ[SWEEP_DIR_ENV])
+    name = os.environ.get(SWEEP_NAME_ENV, "multirun")
+    with open(sweep_dir / ".parent.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        id_file = sweep_dir / PARENT_FILE
+        if id_file.exists():
+            return id_file.read_text().strip()
+        run = client.create_run(
+            experiment_id,
+            run_name=f"{name} {os.environ.get(SWEEP_START_ENV, '')}".strip(),
+            tags={"sweep": name, "bpexp.kind": "sweep", "bpexp.sweep_dir": str(sweep_dir)},
+        )
+        id_file.write_text(run.info.run_id)
+        print(f"sweep {name!r}: parent run {run.info.run_id}", flush=True)
+        return run.info.run_id
+
+
+def _limit_blas_threads() -> None:
+    """One BLAS thread per job when jobs run side by side (joblib, submitit_local)."""
+    launcher = str(HydraConfig.get().launcher.get("_target_", ""))
+    if "joblib" in launcher or "submitit" in launcher:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+
+
+def run_job(cfg: DictConfig) -> dict:
+    """One job of a multirun: run it, record its result file, never raise (but on Ctrl-C)."""
+    from bpexp.app import execute
+
+    hydra_cfg = HydraConfig.get()
+    _limit_blas_threads()
+    sweep_dir = Path(os.environ.get(SWEEP_DIR_ENV, str(hydra_cfg.sweep.dir)))
+    os.environ.setdefault(SWEEP_DIR_ENV, str(sweep_dir))
+    job = int(hydra_cfg.job.num)
+    (sweep_dir / "results").mkdir(parents=True, exist_ok=True)
+    row: dict = {"job": job, "overrides": " ".join(hydra_cfg.overrides.task)}
+    try:
+        result = execute(
+            cfg, echo=True, sweep_name=os.environ.get(SWEEP_NAME_ENV), parent=ensure_parent
+        )
+        row["outcome"] = "skipped" if result.skipped else result.outcome
+        row["run_id"] = result.run_id
+        row["epochs"] = len(result.history) - 1 if len(result.history) else None
+        for key in FINAL_METRICS:
+            row[key] = result.metrics.get(key)
+    except ConfigError as exc:
+        row |= {"outcome": "invalid", "error": str(exc)}
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+    except TrackingError as exc:
+        row |= {"outcome": "failed", "error": str(exc)}
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+    except KeyboardInterrupt:
+        row["outcome"] = "interrupted"
+        _write_result(sweep_dir, row)
+        raise
+    except Exception as exc:
+        row |= {"outcome": "failed", "error": f"{type(exc).__name__}: {exc}"}
+        traceback.print_exc()
+    _write_result(sweep_dir, row)
+    return row
+
+
+def _write_result(sweep_dir: Path, row: dict) -> None:
+    folder = sweep_dir / "results"
+    tmp = folder / f".{row['job']}.json.tmp"
+    tmp.write_text(json.dumps(row, default=str))
+    tmp.replace(folder / f"{row['job']}.json")
+
+
+def summary(sweep_dir: Path) -> pd.DataFrame:
+    """One row per job that reported: overrides, outcome, final validation and test metrics."""
+    rows = [json.loads(p.read_text()) for p in sorted((sweep_dir / "results").glob("*.json"))]
+    frame = pd.DataFrame(rows).reindex(columns=SUMMARY_COLUMNS)
+    return frame.sort_values("job").reset_index(drop=True)
+
+
+def finish(stopped: str | None = None) -> int:
+    """Write the sweep's summary and close its parent run; the exit code for the command.
+
+    ``stopped`` is ``"interrupted"`` (Ctrl-C, SIGTERM) or ``"aborted"`` (Hydra raised) when the
+    multirun did not end normally. Does nothing (returns 0) when no multirun was started here.
+    """
+    sweep_dir = os.environ.pop(SWEEP_DIR_ENV, None)
+    if sweep_dir is None:
+        return 0
+    sweep_dir = Path(sweep_dir)
+    uri = os.environ.pop(TRACKING_URI_ENV, None)
+    for key in (SWEEP_NAME_ENV, SWEEP_START_ENV):
+        os.environ.pop(key, None)
+    (sweep_dir / "results").mkdir(parents=True, exist_ok=True)
+    table = summary(sweep_dir)
+    table.to_csv(sweep_dir / "summary.csv", index=False)
+    counts = table["outcome"].value_counts().to_dict()
+    with pd.option_context(
+        "display.width", 200, "display.max_columns", 20, "display.max_colwidth", 60
+    ):
+        print(
+            f"\nsweep summary ({len(table)} jobs: "
+            + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+            + (f"; the sweep was {stopped}" if stopped else "")
+            + ")"
+        )
+        print(
+            table.drop(columns=["error", "run_id"]).to_string(
+                index=False, float_format="{:.4f}".format
+            )
+        )
+    print(f"summary: {sweep_dir / 'summary.csv'}")
+    bad = table[table["outcome"].isin(["failed", "invalid"])]
+    parent_file = sweep_dir / PARENT_FILE
+    if uri and parent_file.exists():
+        status = {"interrupted": "KILLED", "aborted": "FAILED"}.get(
+            stopped, "FAILED" if len(bad) else "FINISHED"
+        )
+        _close_parent(uri, parent_file.read_text().strip(), sweep_dir, table, status)
+    for _, row in bad.iterrows():
+        print(
+            f"job {row['job']} {row['outcome']} ({row['overrides']}): {row['error']}",
+            file=sys.stderr,
+        )
+    return 1 if len(bad) or stopped else 0
+
+
+def _close_parent(uri: str, parent: str, sweep_dir: Path, table: pd.DataFrame, status: str) -> None:
+    """Log the summary and the report (comparison, plots, ``sweep/`` metrics) to the parent run
+    and close it; a report failure must not lose the summary or leave the parent open."""
+    from bpexp import report
+    from bpexp import tracking as tr
+
+    client = tr.connect(uri)
+    try:
+        client.log_artifact(parent, str(sweep_dir / "summary.csv"))
+        try:
+            report.log_sweep(client, parent, sweep_dir, table)
+        except Exception as exc:
+            print(f"warning: no sweep report: {type(exc).__name__}: {exc}", file=sys.stderr)
+    finally:
+        client.set_terminated(parent, status=status)

@@ -1,0 +1,227 @@
+"""MLflow at the edge: the store, runs, batched metric logging and run artifacts.
+
+The training loop emits records (:mod:`bpexp.trainer`); a :class:`RunLogger` is one listener of
+them. It buffers metrics and sends them with ``log_batch`` (at most 1000 values a call), so a
+run costs a handful of requests, not one per value (~4 ms each on SQLite, ~50 ms over HTTP).
+
+Store: ``tracking.uri``, else ``$MLFLOW_TRACKING_URI``, else MLflow's own default,
+``sqlite:///mlflow.db`` in the directory the command runs from.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+import bpexp
+from bpexp.errors import TrackingError
+from bpexp.trainer import EndRecord, Record, StepRecord
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+BATCH_LIMIT = 1000  # MLflow's limit of entities (metrics + params + tags) in one log_batch
+FLUSH_SECONDS = 2.0  # send buffered metrics at least this often while a run trains
+# Tags every run carries; `outcome` is completed | diverged | failed | interrupted.
+OUTCOMES = ("completed", "diverged", "failed", "interrupted")
+STATUS = {
+    "completed": "FINISHED",
+    "diverged": "FINISHED",
+    "failed": "FAILED",
+    "interrupted": "KILLED",
+}
+
+
+def tracking_uri(uri: str | None) -> str:
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def connect(uri: str, timeout: float = 10.0) -> MlflowClient:
+    """A client for ``uri``, checked to answer within ``timeout`` seconds.
+
+    An HTTP server is probed at ``/health`` first, so a server that is down or a wrong address
+    fails here with a clear message instead of hanging in the client's retries.
+    """
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as resp:
+                resp.read()
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            raise TrackingError(
+                f"tracking.uri={uri!r}: the MLflow server does not answer ({exc}). Start it "
+                "(mlflow server --host 127.0.0.1 --port PORT), fix tracking.uri / "
+                "MLFLOW_TRACKING_URI, or run with tracking.enabled=false"
+            ) from exc
+        # Fail fast on a server that dies later, instead of minutes of retries.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(max(timeout, 10))))
+    elif uri.startswith("sqlite:///"):
+        folder = Path(uri.removeprefix("sqlite:///")).expanduser().resolve().parent
+        if not folder.is_dir():
+            raise TrackingError(f"tracking.uri={uri!r}: folder {str(folder)!r} does not exist")
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        client.search_experiments(max_results=1)  # creates a fresh SQLite schema, once
+    except Exception as exc:
+        raise TrackingError(f"tracking.uri={uri!r}: the store cannot be used: {exc}") from exc
+    return client
+
+
+# MLflow 3's UI opens an experiment without this tag on its GenAI overview; with it, on the
+# training runs table and charts, where bpexp's runs are.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
+def ensure_experiment(client: MlflowClient, name: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name, tags=EXPERIMENT_KIND)
+    except Exception:  # another process created it first
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+# Settings that do not change what a run computes, left out of its config hash.
+NOT_IN_HASH = ("tracking.", "force", "data.url", "data.cache_dir")
+
+
+def config_hash(flat_config: dict[str, object]) -> str:
+    """A stable digest of a resolved config, to recognise a job that already ran.
+
+    A file named by the config (``data.path``, ``network.init_path``) enters by its content's
+    sha256, so a changed file at the same path is a new job.
+    """
+    relevant = {k: v for k, v in flat_config.items() if not k.startswith(NOT_IN_HASH)}
+    for key in ("data.path", "network.init_path"):
+        path = relevant.get(key)
+        if path and Path(str(path)).is_file():
+            relevant[key] = hashlib.sha256(Path(str(path)).read_bytes()).hexdigest()
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@functools.cache
+def git_commit() -> str | None:
+    """The commit of the bpexp checkout in use, if it is one (asked once per process)."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(bpexp.__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _chunks(items: list, size: int) -> Iterable[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class RunLogger:
+    """Listener for training records that logs them to one MLflow run, in batches."""
+
+    def __init__(self, client: MlflowClient, run_id: str) -> None:
+        self.client = client
+        self.run_id = run_id
+        self._pending: list[Metric] = []
+        self._last_flush = time.monotonic()
+        self.points_logged = 0
+        # Every point also goes to the run's history table (history.parquet), for analysis.
+        self.rows: list[tuple[str, int, float]] = []
+
+    def __call__(self, record: Record) -> None:
+        now = int(time.time() * 1000)
+        if isinstance(record, StepRecord):
+            self._add("train/batch_loss", record.batch_loss, record.step, now)
+        else:
+            for key, value in record.metrics.items():
+                self._add(key, value, record.epoch, now)
+            if isinstance(record, EndRecord) or time.monotonic() - self._last_flush > FLUSH_SECONDS:
+                self.flush()
+
+    def _add(self, key: str, value: float, step: int, timestamp: int) -> None:
+        value = float(value)
+        self._pending.append(Metric(key, value, timestamp, step))
+        self.rows.append((key, step, value))
+
+    def flush(self) -> None:
+        for chunk in _chunks(self._pending, BATCH_LIMIT):
+            self.client.log_batch(self.run_id, metrics=chunk, synchronous=True)
+            self.points_logged += len(chunk)
+        self._pending = []
+        self._last_flush = time.monotonic()
+
+
+def start_run(
+    client: MlflowClient,
+    experiment_id: str,
+    run_name: str,
+    params: dict[str, object],
+    tags: dict[str, str],
+    parent_run_id: str | None = None,
+) -> RunLogger:
+    """Create a run with its params and tags; returns the listener that logs its records."""
+    all_tags = {
+        "bpexp.version": bpexp.__version__,
+        "numpy.version": np.__version__,
+        "python.version": platform.python_version(),
+        **tags,
+    }
+    commit = git_commit()
+    if commit:
+        all_tags["git.commit"] = commit
+    if parent_run_id:
+        all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+    run = client.create_run(experiment_id, tags=all_tags, run_name=run_name)
+    param_list = [Param(k, _param_value(v)) for k, v in params.items()]
+    for chunk in _chunks(param_list, 100):
+        client.log_batch(run.info.run_id, params=chunk, synchronous=True)
+    return RunLogger(client, run.info.run_id)
+
+
+def _param_value(value: object) -> str:
+    if isinstance(value, list | tuple):
+        return json.dumps(list(value))
+    return "null" if value is None else str(value)
+
+
+def end_run(logger: RunLogger, outcome: str, extra_tags: dict[str, str] | None = None) -> None:
+    """Flush what is buffered, tag the outcome and set the run's status from it."""
+    if outcome not in OUTCOMES:
+        raise ValueError(f"outcome {outcome!r} not in {OUTCOMES}")
+    try:
+        logger.flush()
+    finally:
+        tags = [RunTag("outcome", outcome)] + [RunTag(k, v) for k, v in (extra_tags or {}).items()]
+        logger.client.log_batch(logger.run_id, tags=tags, synchronous=True)
+        logger.client.set_terminated(logger.run_id, status=STATUS[outcome])
+
+
+def finished_run(client: MlflowClient, experiment_id: str, digest: str):
+    """A run with this config digest whose outcome is final (completed or diverged: divergence
+    is deterministic, a result), or None. Failed and interrupted runs are run again."""
+    runs = client.search_runs(
+        [experiment_id], filter_string=f"tags.`bpexp.config_hash` = '{digest}'", max_results=100
+    )
+    final = [run for run in runs if run.data.tags.get("outcome") in ("completed", "diverged")]
+    return final[0] if final else None

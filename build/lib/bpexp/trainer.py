@@ -1,0 +1,241 @@
+"""The training loop: epochs of mini-batch gradient descent that emit records.
+
+The loop knows nothing of MLflow, Hydra or files. It hands every record to ``listener`` (any
+callable); the shell decides what to do with them (print, track, collect).
+
+Records, with step 0 of the epoch series at initialisation, before any update:
+- ``EpochRecord(epoch, metrics)``: ``train/loss``, ``train/accuracy``, ``val/loss``,
+  ``val/accuracy`` and the per-layer instruments of :mod:`bpexp.instruments`;
+- ``StepRecord(step, epoch, batch_loss)`` every ``log_every_n_steps`` updates (global step;
+  automatic by default, see :func:`log_stride`);
+- ``EndRecord(epoch, metrics, outcome)`` once: ``test/loss``, ``test/accuracy`` and the outcome,
+  ``completed`` or ``diverged`` (a non-finite loss, or one above ``max_loss``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from bpexp import instruments
+from bpexp.cost import Cost
+from bpexp.data import Dataset
+from bpexp.errors import bad_value
+from bpexp.instruments import DEFAULT_EPSILON
+from bpexp.network import Network
+from bpexp.optimizer import Optimizer, State
+from bpexp.rng import stream
+
+Array = np.ndarray
+
+# At most this many train/batch_loss points per run when the stride is automatic: each point
+# costs ~0.4 ms to log on SQLite, and 200 already show the noise of the mini-batch loss.
+MAX_STEP_POINTS = 200
+
+
+@dataclass
+class TrainerConfig:
+    """Settings of the loop; the Hydra group ``trainer`` has exactly these keys."""
+
+    epochs: int = 30
+    batch_size: int | None = 10  # None: the whole training set (full-batch gradient descent)
+    shuffle: bool = True
+    dtype: str = "float64"
+    probe_size: int = 256
+    instruments: bool = True
+    saturation_epsilon: float = DEFAULT_EPSILON
+    max_loss: float = 1e6
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    step: int
+    epoch: int
+    batch_loss: float
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    epoch: int
+    metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class EndRecord:
+    epoch: int
+    metrics: dict[str, float]
+    outcome: str
+
+
+Record = StepRecord | EpochRecord | EndRecord
+Listener = Callable[[Record], None]
+
+
+@dataclass
+class TrainResult:
+    outcome: str
+    epochs_run: int
+    steps: int
+    history: list[dict[str, float]] = field(default_factory=list)  # one dict per epoch 0..E
+    final_metrics: dict[str, float] = field(default_factory=dict)
+
+
+def validate(cfg: TrainerConfig, n_train: int) -> None:
+    """Semantic checks that need the data set's size; raises ConfigError naming the key."""
+    if cfg.epochs < 1:
+        raise bad_value("trainer.epochs", cfg.epochs, "an integer >= 1")
+    if cfg.batch_size is not None and not 1 <= cfg.batch_size <= n_train:
+        raise bad_value(
+            "trainer.batch_size",
+            cfg.batch_size,
+            f"1 <= batch_size <= {n_train} (training set size), or null for the full batch",
+        )
+    if cfg.probe_size < 1:
+        raise bad_value("trainer.probe_size", cfg.probe_size, "an integer >= 1")
+    if not 0 < cfg.saturation_epsilon < 0.5:
+        raise bad_value("trainer.saturation_epsilon", cfg.saturation_epsilon, "0 < epsilon < 0.5")
+    if not cfg.max_loss > 0:
+        raise bad_value("trainer.max_loss", cfg.max_loss, "a number > 0")
+
+
+def mini_batch_size(cfg: TrainerConfig, n_train: int) -> int:
+    """The mini-batch size m: ``trainer.batch_size``, or the whole training set when null."""
+    return n_train if cfg.batch_size is None else cfg.batch_size
+
+
+def steps_per_epoch(n_train: int, batch_size: int) -> int:
+    return math.ceil(n_train / batch_size)
+
+
+def log_stride(cfg: TrainerConfig, n_train: int, log_every_n_steps: int | None = None) -> int:
+    """Steps between two ``StepRecord``s: as asked, or automatic (at most MAX_STEP_POINTS)."""
+    if log_every_n_steps is not None:
+        return log_every_n_steps
+    total = cfg.epochs * steps_per_epoch(n_train, mini_batch_size(cfg, n_train))
+    return max(1, math.ceil(total / MAX_STEP_POINTS))
+
+
+def train_epoch(
+    net: Network,
+    optimizer: Optimizer,
+    state: State,
+    cost: Cost,
+    X: Array,
+    Y: Array,
+    batch_size: int,
+    on_step: Callable[[int, float], bool] | None = None,
+    stride: int = 0,
+    step: int = 0,
+) -> tuple[int, bool]:
+    """One pass over (X, Y) in order, in mini-batches, counting global steps from ``step``.
+
+    Every ``stride`` global steps (0: never) the batch loss is computed and passed to
+    ``on_step(step, loss)``, which returns True to stop (a loss above the bound). A NaN or inf
+    anywhere in a batch's output error stops the pass at once, before that step's update: its
+    sum over the batch, ∂C/∂b^L (BP3), is already at hand, so the check costs one dot product
+    of n_L numbers a step. Returns the global step reached and whether the pass was stopped.
+    """
+    gb_out = net.gb[-1]
+    for start in range(0, X.shape[0], batch_size):
+        step += 1
+        Xb, Yb = X[start : start + batch_size], Y[start : start + batch_size]
+        want_loss = stride > 0 and step % stride == 0
+        loss = net.backprop(Xb, Yb, cost, loss=want_loss)
+        finite = math.isfinite(gb_out @ gb_out)
+        if not finite:
+            if on_step is not None:
+                on_step(step, cost.fn(net.trace(Xb).a[-1], Yb))
+            return step, True
+        optimizer.step(net.params, net.grad, state)
+        if want_loss and on_step is not None and on_step(step, loss):
+            return step, True
+    return step, False
+
+
+def evaluate(
+    net: Network, cost: Cost, X: Array, Y: Array, prefix: str, task: str
+) -> dict[str, float]:
+    """``{prefix}/loss`` and, for classifiers, ``{prefix}/accuracy`` on (X, Y); {} if empty."""
+    if X.shape[0] == 0:
+        return {}
+    a = net.forward(X)
+    out = {f"{prefix}/loss": cost.fn(a, Y)}
+    if task == "classification":
+        out[f"{prefix}/accuracy"] = float(np.mean(a.argmax(axis=1) == Y.argmax(axis=1)))
+    return out
+
+
+def _diverged(loss: float, bound: float) -> bool:
+    return not math.isfinite(loss) or loss > bound
+
+
+def train(
+    net: Network,
+    optimizer: Optimizer,
+    cost: Cost,
+    data: Dataset,
+    cfg: TrainerConfig,
+    seed: int,
+    listener: Listener | None = None,
+    log_every_n_steps: int | None = None,
+) -> TrainResult:
+    """Train ``net`` in place on ``data`` and return the outcome and the per-epoch history.
+
+    The batch order and the probe set come from ``seed`` alone (see :mod:`bpexp.rng`).
+    """
+    emit = listener or (lambda record: None)
+    validate(cfg, data.X_train.shape[0])
+    X, Y = data.X_train, data.Y_train
+    n = X.shape[0]
+    shuffle_rng = stream(seed, "shuffle")
+    probe_index = np.sort(stream(seed, "probe").permutation(n)[: min(cfg.probe_size, n)])
+    X_probe, Y_probe = X[probe_index], Y[probe_index]
+    Xs, Ys = np.empty_like(X), np.empty_like(Y)
+    stride = log_stride(cfg, n, log_every_n_steps)
+    m = mini_batch_size(cfg, n)
+    state = optimizer.init(net.params)
+    result = TrainResult(outcome="completed", epochs_run=0, steps=0)
+
+    def epoch_metrics(epoch: int, params_before: Array | None) -> dict[str, float]:
+        metrics = evaluate(net, cost, X, Y, "train", data.task)
+        metrics |= evaluate(net, cost, data.X_val, data.Y_val, "val", data.task)
+        if cfg.instruments:
+            metrics |= instruments.measure(net, X_probe, Y_probe, cost, cfg.saturation_epsilon)
+            if params_before is not None:
+                metrics |= instruments.update_ratios(net, params_before)
+        result.history.append({"epoch": epoch, **metrics})
+        emit(EpochRecord(epoch, metrics))
+        return metrics
+
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+        epoch_metrics(0, None)
+        for epoch in range(1, cfg.epochs + 1):
+            if cfg.shuffle:
+                order = shuffle_rng.permutation(n)
+                np.take(X, order, axis=0, out=Xs)
+                np.take(Y, order, axis=0, out=Ys)
+                Xe, Ye = Xs, Ys
+            else:
+                Xe, Ye = X, Y
+
+            def on_step(step: int, loss: float, epoch: int = epoch) -> bool:
+                emit(StepRecord(step, epoch, loss))
+                return _diverged(loss, cfg.max_loss)
+
+            params_before = net.params.copy() if cfg.instruments else None
+            result.steps, stopped = train_epoch(
+                net, optimizer, state, cost, Xe, Ye, m, on_step, stride, result.steps
+            )
+            result.epochs_run = epoch
+            metrics = epoch_metrics(epoch, params_before)
+            if stopped or _diverged(metrics["train/loss"], cfg.max_loss):
+                result.outcome = "diverged"
+                break
+        final = evaluate(net, cost, data.X_test, data.Y_test, "test", data.task)
+    result.final_metrics = {**result.history[-1], **final}
+    result.final_metrics.pop("epoch")
+    emit(EndRecord(result.epochs_run, final, result.outcome))
+    return result
