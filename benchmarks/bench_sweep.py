@@ -106,7 +106,7 @@ def bench_tracking(rounds: int, epochs: int = 15) -> list[tuple[str, float, str,
 
 def bench_sweep(quick: bool) -> list[tuple[str, float, str, str]]:
     grid = ["optimizer.lr=0.1,1.0", "seed=0,1"] if quick else []
-    jobs = 12 if quick else 45
+    jobs = 12 if quick else 54
     rows = []
     joblib = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
     # With tracking off the jobs are pure computation; with it on, every job writes to one
