@@ -37,9 +37,14 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 300, **env: str):
 
 
 @pytest.fixture
-def store_uri(tmp_path: Path) -> str:
-    """A SQLite MLflow store in a temporary folder, created once before anything uses it."""
+def store_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A SQLite MLflow store in a temporary folder, created once before anything uses it.
+
+    The test also runs in that folder: MLflow puts a SQLite store's artifacts under ./mlruns.
+    """
     from mlflow import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     MlflowClient(tracking_uri=uri).search_experiments(max_results=1)

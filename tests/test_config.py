@@ -187,10 +187,17 @@ def test_slurm_launcher_config_composes(composer):
 @pytest.mark.slow
 def test_wheel_ships_conf_and_sweeps(tmp_path):
     """`pip install .` (not only -e) must find the configs: they travel inside the package."""
+    import shutil
     import subprocess
     import sys
     import zipfile
 
+    # Build from a copy: an in-tree build would leave build/ in the checkout.
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "bpexp", "conf", "sweeps"):
+        copy = shutil.copytree if (config.ROOT / name).is_dir() else shutil.copy
+        copy(config.ROOT / name, source / name)
     proc = subprocess.run(
         [
             sys.executable,
@@ -202,7 +209,7 @@ def test_wheel_ships_conf_and_sweeps(tmp_path):
             "-q",
             "-w",
             str(tmp_path),
-            str(config.ROOT),
+            str(source),
         ],
         capture_output=True,
         text=True,
