@@ -23,10 +23,11 @@ def cli_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_cli(args: list[str], cwd: Path, timeout: float = 300, **env: str):
-    """Run ``python -m bpexp ARGS`` in ``cwd`` (a fresh folder: the default store lands there)."""
+def run_cli(args: list[str], cwd: Path, timeout: float = 300, module: str = "bpexp", **env: str):
+    """Run ``python -m MODULE ARGS`` (default ``bpexp``) in ``cwd`` (a fresh folder: the default
+    store lands there)."""
     return subprocess.run(
-        [sys.executable, "-m", "bpexp", *args],
+        [sys.executable, "-m", module, *args],
         cwd=cwd,
         env=cli_env(**env),
         capture_output=True,
@@ -34,6 +35,28 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 300, **env: str):
         timeout=timeout,
         check=False,
     )
+
+
+def tiny_optimizers_sweep(folder: Path) -> dict:
+    """Run the ``optimizers`` sweep shrunk to 3 optimizers x lr {0.3, 1.0} x seeds {0, 1},
+    2 epochs (12 runs under one parent) into a fresh SQLite store in ``folder``."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    args = ["sweep=optimizers", "optimizer.lr=0.3,1.0", "seed=0,1", "trainer.epochs=2"]
+    out = run_cli([*args, f"tracking.uri={uri}"], cwd=folder)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (summary,) = folder.glob("multirun/*/*/summary.csv")
+    (parent,) = MlflowClient(tracking_uri=uri).search_runs(["1"], "tags.`bpexp.kind` = 'sweep'")
+    return {
+        "uri": uri,
+        "dir": folder,
+        "summary": summary,
+        "sweep_dir": summary.parent,
+        "parent": parent,
+        "out": out,
+    }
 
 
 @pytest.fixture

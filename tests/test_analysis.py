@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from bpexp import analysis
 from bpexp.app import run_name
-from tests.conftest import run_cli
+from tests.conftest import tiny_optimizers_sweep
 
 # Two-sided 95% Student t quantiles from a printed table (df 1, 2, 29).
 T95 = {1: 12.7062, 2: 4.3027, 29: 2.0452}
@@ -23,16 +23,12 @@ ARMS = {"sgd", "momentum/classical", "nesterov"}
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory) -> dict:
     """3 optimizers x lr {0.3, 1.0} x seeds {0, 1}, 2 epochs: 12 runs under one parent."""
-    folder = tmp_path_factory.mktemp("sweep")
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
-    MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
-    args = ["sweep=optimizers", "optimizer.lr=0.3,1.0", "seed=0,1", "trainer.epochs=2"]
-    out = run_cli([*args, f"tracking.uri={uri}"], cwd=folder)
-    assert out.returncode == 0, out.stderr[-3000:]
-    (summary,) = folder.glob("multirun/*/*/summary.csv")
-    client = MlflowClient(tracking_uri=uri)
-    (parent,) = client.search_runs(["1"], "tags.`bpexp.kind` = 'sweep'")
-    return {"uri": uri, "summary": pd.read_csv(summary), "parent": parent.info.run_id}
+    swept = tiny_optimizers_sweep(tmp_path_factory.mktemp("sweep"))
+    return {
+        "uri": swept["uri"],
+        "summary": pd.read_csv(swept["summary"]),
+        "parent": swept["parent"].info.run_id,
+    }
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +10,7 @@ from matplotlib.image import imread
 
 from bpexp import demos
 from bpexp.optimizer import Optimizer
-from tests.conftest import cli_env
+from tests.conftest import run_cli
 
 
 @pytest.mark.parametrize("beta", demos.EMA_BETAS)
@@ -85,15 +83,7 @@ def test_ravine_demo_frame_and_learning_rate_convention():
 @pytest.mark.slow  # a subprocess
 def test_demos_command_writes_pngs_and_prints_their_paths(tmp_path: Path):
     out = tmp_path / "pictures"
-    proc = subprocess.run(
-        [sys.executable, "-m", "bpexp.demos", "--out", str(out)],
-        cwd=tmp_path,
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    proc = run_cli(["--out", str(out)], tmp_path, timeout=120, module="bpexp.demos")
     assert proc.returncode == 0, proc.stderr
     printed = proc.stdout.split()
     assert printed == [str(out / "ema.png"), str(out / "ravine.png")]

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +14,7 @@ from mlflow import MlflowClient
 from mlflow.utils.validation import validate_param_and_metric_name
 
 from bpexp import analysis, report, sweep
-from tests.conftest import cli_env, run_cli
+from tests.conftest import run_cli, tiny_optimizers_sweep
 
 ARM_KEYS = {"sgd", "momentum-classical", "nesterov"}
 
@@ -24,16 +22,7 @@ ARM_KEYS = {"sgd", "momentum-classical", "nesterov"}
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory) -> dict:
     """3 optimizers x lr {0.3, 1.0} x seeds {0, 1}, 2 epochs; its end writes the report."""
-    folder = tmp_path_factory.mktemp("sweep")
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
-    MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
-    args = ["sweep=optimizers", "optimizer.lr=0.3,1.0", "seed=0,1", "trainer.epochs=2"]
-    out = run_cli([*args, f"tracking.uri={uri}"], cwd=folder)
-    assert out.returncode == 0, out.stderr[-3000:]
-    (sweep_dir,) = [p.parent for p in folder.glob("multirun/*/*/summary.csv")]
-    client = MlflowClient(tracking_uri=uri)
-    (parent,) = client.search_runs(["1"], "tags.`bpexp.kind` = 'sweep'")
-    return {"uri": uri, "dir": folder, "sweep_dir": sweep_dir, "parent": parent, "out": out}
+    return tiny_optimizers_sweep(tmp_path_factory.mktemp("sweep"))
 
 
 def _check_report_folder(folder: Path) -> str:
@@ -88,15 +77,7 @@ def test_sweep_metrics_are_each_arms_mean_over_seeds_at_its_best_lr(swept):
 @pytest.mark.slow
 def test_report_command_writes_the_default_folder_and_logs_it(swept, tmp_path):
     parent_id = swept["parent"].info.run_id
-    proc = subprocess.run(
-        [sys.executable, "-m", "bpexp.report", "--tracking-uri", swept["uri"]],
-        cwd=tmp_path,
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    proc = run_cli(["--tracking-uri", swept["uri"]], tmp_path, timeout=120, module="bpexp.report")
     assert proc.returncode == 0, proc.stderr[-3000:]
     folder = tmp_path / "reports" / f"optimizers-{parent_id[:8]}"
     assert str(folder / "index.md") in proc.stdout
