@@ -58,3 +58,84 @@ def test_dead_relu_units_and_update_ratio():
     ratios = update_ratios(net, before)
     assert ratios["update_ratio/W1"] == pytest.approx(0.1)
     assert ratios["update_ratio/W2"] == 0.0
+
+
+def _reference(net: Network, X, Y, cost, epsilon: float) -> dict[str, float]:
+    """The instruments' definitions written the plain way (masks, np.std, np.linalg.norm),
+    from a forward pass and BP1-BP2 done here, not by the network."""
+    a_list, z_list = [X], []
+    for W, b, act in zip(net.W, net.b, net.activations, strict=True):
+        z = a_list[-1] @ W.T + b
+        a = np.empty_like(z)
+        act.fn(z, a)
+        z_list.append(z)
+        a_list.append(a)
+    m, L = X.shape[0], net.n_layers
+    deltas = [None] * L
+    deltas[-1] = cost.delta(
+        z_list[-1], a_list[-1], Y, net.activations[-1], np.empty_like(Y), np.empty_like(Y)
+    )
+    for l in range(L - 1, 0, -1):
+        act = net.activations[l - 1]
+        prime = act.prime(z_list[l - 1], a_list[l], np.empty_like(z_list[l - 1]))
+        deltas[l - 1] = (deltas[l] @ net.W[l]) * prime
+    out = {}
+    for l in range(1, L + 1):
+        act, z, a, d = net.activations[l - 1], z_list[l - 1], a_list[l], deltas[l - 1]
+        out[f"grad_norm/W{l}"] = np.linalg.norm(d.T @ a_list[l - 1])
+        out[f"grad_norm/b{l}"] = np.linalg.norm(d.sum(axis=0))
+        out[f"delta_norm/{l}"] = np.sqrt(np.mean(np.sum((m * d) ** 2, axis=1)))
+        out[f"activation_mean/{l}"] = a.mean()
+        out[f"activation_std/{l}"] = a.std()
+        if act.name in ("sigmoid", "softmax"):
+            out[f"saturation/{l}"] = np.mean((a < epsilon) | (a > 1 - epsilon))
+        elif act.name == "tanh":
+            out[f"saturation/{l}"] = np.mean(np.abs(a) > 1 - 2 * epsilon)
+        if l == L and act.name in ("sigmoid", "softmax"):
+            wrong = ((a > 1 - epsilon) & (Y == 0)) | ((a < epsilon) & (Y == 1))
+            out[f"wrong_saturation/{l}"] = np.mean(wrong)
+        if act.name != "softmax":
+            out[f"sigma_prime_mean/{l}"] = act.prime(z, a, np.empty_like(z)).mean()
+        if act.name == "relu":
+            out[f"dead_fraction/{l}"] = np.mean(np.all(z <= 0, axis=0))
+    return out
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize(
+    ("hidden", "output", "cost_name"),
+    [
+        ("sigmoid", "sigmoid", "quadratic"),
+        ("tanh", "sigmoid", "cross_entropy"),
+        ("relu", "softmax", "softmax_cross_entropy"),
+        ("linear", "linear", "quadratic"),
+    ],
+)
+def test_one_pass_statistics_match_the_plain_definitions(hidden, output, cost_name, dtype):
+    # Weights large enough that many units saturate, some at the wrong end; 0/1 targets.
+    rng = np.random.default_rng(3)
+    net = Network([6, 8, 8, 4], hidden, output, dtype)
+    net.params[...] = 2.5 * rng.standard_normal(net.params.size)
+    X = rng.standard_normal((64, 6)).astype(dtype)
+    Y = np.eye(4, dtype=dtype)[rng.integers(0, 4, 64)]
+    cost = get_cost(cost_name, output)
+    out = measure(net, X, Y, cost, epsilon=0.02)
+    expected = _reference(net, X.astype("float64"), Y.astype("float64"), cost, 0.02)
+    assert sorted(out) == sorted(expected)
+    tol = 1e-9 if dtype == "float64" else 2e-5
+    saturated = [v for k, v in out.items() if "saturation" in k]
+    assert max(saturated, default=1.0) > 0.05  # the test exercises saturated units
+    for key, value in expected.items():
+        assert out[key] == pytest.approx(value, rel=tol, abs=tol), key
+
+
+def test_activation_std_of_a_nearly_constant_layer():
+    # All activations within 1e-9 of 0.7: Σa² − n·mean² cancels, np.std must step in.
+    net = Network([1, 3], "sigmoid", "sigmoid")
+    net.b[0][...] = np.log(0.7 / 0.3)
+    X = np.linspace(-1.0, 1.0, 50)[:, None] * 1e-8
+    net.W[0][...] = [[1.0], [0.5], [-0.2]]
+    out = measure(net, X, np.zeros((50, 3)), get_cost("quadratic", "sigmoid"))
+    a = 1 / (1 + np.exp(-(X @ net.W[0].T + net.b[0])))
+    assert a.std() < 1e-8
+    assert out["activation_std/1"] == pytest.approx(a.std(), rel=1e-6)
