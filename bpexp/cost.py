@@ -1,8 +1,10 @@
 """Costs: the value C and the output error δ^L (BP1), side by side.
 
 C is the mean over the m samples of a batch (SCIENCE.md, "Costs"). ``delta`` returns
-∂C/∂z^L for the whole batch *including* the 1/m of the mean, so that BP2–BP4 then sum over the
-batch and the gradients are already averaged: the factor is applied once, on the smallest array.
+``scale`` · ∂C/∂z^L for the whole batch *including* the 1/m of the mean, so that BP2–BP4 then
+sum over the batch and the gradients are already averaged: the factor is applied once, on the
+smallest array. ``scale`` (1 by default) lets an optimizer's constant factor ride along (see
+``Optimizer.gradient_scale``).
 
 Allowed pairs with the output activation:
 - ``quadratic``: sigmoid or linear outputs; δ^L = (a − y) ⊙ σ'(z^L) / m (BP1).
@@ -35,7 +37,7 @@ def _floor(a: Array) -> float:
 class Cost:
     name: str
     fn: Callable[[Array, Array], float]
-    delta: Callable[[Array, Array, Array, Activation, Array, Array], Array]
+    delta: Callable[..., Array]  # (z, a, y, act, out, scratch, scale=1.0) -> out
     outputs: tuple[str, ...]
 
 
@@ -46,11 +48,11 @@ def _quadratic(a: Array, y: Array) -> float:
 
 
 def _quadratic_delta(
-    z: Array, a: Array, y: Array, act: Activation, out: Array, scratch: Array
+    z: Array, a: Array, y: Array, act: Activation, out: Array, scratch: Array, scale: float = 1.0
 ) -> Array:
     np.subtract(a, y, out=out)
     out *= act.prime(z, a, scratch)
-    out *= 1.0 / a.shape[0]
+    out *= scale / a.shape[0]
     return out
 
 
@@ -67,10 +69,10 @@ def _softmax_cross_entropy(a: Array, y: Array) -> float:
 
 
 def _a_minus_y_delta(
-    z: Array, a: Array, y: Array, act: Activation, out: Array, scratch: Array
+    z: Array, a: Array, y: Array, act: Activation, out: Array, scratch: Array, scale: float = 1.0
 ) -> Array:
     np.subtract(a, y, out=out)
-    out *= 1.0 / a.shape[0]
+    out *= scale / a.shape[0]
     return out
 
 

@@ -112,18 +112,22 @@ class Network:
             a_prev = a
         return a_prev
 
-    def backprop(self, X: Array, Y: Array, cost: Cost, *, loss: bool = False) -> float | None:
+    def backprop(
+        self, X: Array, Y: Array, cost: Cost, *, loss: bool = False, scale: float = 1.0
+    ) -> float | None:
         """Fill ``grad`` with ∇C of the batch-mean cost on (X, Y); BP1–BP4 for the whole batch.
 
         X has shape (m, n_0), Y shape (m, n_L). Returns C on the batch when ``loss`` is true
         (it costs a few extra NumPy calls, so the training step asks for it only when needed).
+        With ``scale`` ≠ 1, ``grad`` (and the trace's δ) hold ``scale`` · ∇C: the trainer passes
+        ``Optimizer.gradient_scale`` so that the update needs no pass to scale the gradient.
         """
         buf = self._buffers_for(X.shape[0])
         a_out = self._forward(X, buf)
         L = self.n_layers
-        # BP1: δ^L = ∇_a C ⊙ σ'(z^L), with the batch mean's 1/m folded in once, here.
+        # BP1: δ^L = ∇_a C ⊙ σ'(z^L), with the batch mean's 1/m (and scale) folded in once, here.
         delta = cost.delta(
-            buf.z[-1], a_out, Y, self.activations[-1], buf.delta[-1], buf.scratch[-1]
+            buf.z[-1], a_out, Y, self.activations[-1], buf.delta[-1], buf.scratch[-1], scale
         )
         for l in range(L, 0, -1):
             a_prev = X if l == 1 else buf.a[l - 2]

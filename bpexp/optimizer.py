@@ -17,7 +17,14 @@ Forms (SCIENCE.md, "Exponentially weighted averages and momentum"):
 - ``adam``:      m ← β m + (1 − β) g;  s ← β₂ s + (1 − β₂) g²;
   w ← w − η m̂ / (√ŝ + ε), m̂ = m / (1 − β^t), ŝ = s / (1 − β₂^t).
 
-Adding a rule is one function and one entry in ``RULES``.
+The first rules multiply the gradient by a constant before anything else (sgd, classical
+momentum and Nesterov by −η, EMA momentum by 1 − β): ``gradient_scale``. Each rule is written on
+that scaled gradient ``s``, so ``update(w, s, state)`` is the rule itself and
+``step(w, g, state)`` is ``update(w, gradient_scale · g, state)``. The trainer has backprop fold
+the scale into δ^L (where it already folds 1/m) and calls ``update`` directly: on a 784-100-10
+network at batch 10 that saves one pass over every parameter, about 40% of the update.
+
+Adding a rule is one function and entries in ``RULES``, ``BUFFERS`` and ``gradient_scale``.
 """
 
 from __future__ import annotations
@@ -80,6 +87,17 @@ class Optimizer:
                 "always corrects its moments"
             )
 
+    @property
+    def gradient_scale(self) -> float:
+        """The constant the rule multiplies the gradient by first: the s of ``update``."""
+        if self.name in ("sgd", "nesterov") or (
+            self.name == "momentum" and self.form == "classical"
+        ):
+            return -self.lr
+        if self.name == "momentum":  # ema
+            return 1.0 - self.beta
+        return 1.0  # rmsprop, adam: not linear in g
+
     def init(self, w: Array) -> State:
         """Zero state for parameters shaped like ``w``: velocity/moments, step count, scratch."""
         state: State = {"t": 0, "scratch": np.zeros_like(w)}
@@ -89,34 +107,38 @@ class Optimizer:
 
     def step(self, w: Array, g: Array, state: State) -> None:
         """One update of ``w`` (in place) from the gradient ``g``."""
+        scale = self.gradient_scale
+        s = g if scale == 1.0 else np.multiply(g, scale, out=state["scratch"])
+        self.update(w, s, state)
+
+    def update(self, w: Array, s: Array, state: State) -> None:
+        """One update of ``w`` (in place) from ``s = gradient_scale · g``; ``s`` is not changed
+        unless it is ``state["scratch"]``."""
         state["t"] = int(state["t"]) + 1
-        RULES[self.name](self, w, g, state)
+        RULES[self.name](self, w, s, state)
 
 
-def _sgd(opt: Optimizer, w: Array, g: Array, state: State) -> None:
-    scaled = np.multiply(g, opt.lr, out=state["scratch"])
-    w -= scaled
+def _sgd(opt: Optimizer, w: Array, s: Array, state: State) -> None:
+    w += s  # s = −η g
 
 
-def _momentum(opt: Optimizer, w: Array, g: Array, state: State) -> None:
-    v, scratch = state["v"], state["scratch"]
+def _momentum(opt: Optimizer, w: Array, s: Array, state: State) -> None:
+    v = state["v"]
     v *= opt.beta
+    v += s  # classical: s = −η g, v ← β v − η g;  ema: s = (1 − β) g
     if opt.form == "classical":
-        v -= np.multiply(g, opt.lr, out=scratch)
         w += v
     else:
-        v += np.multiply(g, 1.0 - opt.beta, out=scratch)
         lr = opt.lr / (1.0 - opt.beta ** state["t"]) if opt.bias_correction else opt.lr
-        w -= np.multiply(v, lr, out=scratch)
+        w -= np.multiply(v, lr, out=state["scratch"])
 
 
-def _nesterov(opt: Optimizer, w: Array, g: Array, state: State) -> None:
-    v, scratch = state["v"], state["scratch"]
-    np.multiply(g, opt.lr, out=scratch)
+def _nesterov(opt: Optimizer, w: Array, s: Array, state: State) -> None:
+    v = state["v"]
     v *= opt.beta
-    v -= scratch  # v ← β v − η g
-    w -= scratch
-    w += np.multiply(v, opt.beta, out=scratch)  # w ← w + β v − η g
+    v += s  # v ← β v − η g  (s = −η g)
+    w += s
+    w += np.multiply(v, opt.beta, out=state["scratch"])  # w ← w + β v − η g
 
 
 def _rmsprop(opt: Optimizer, w: Array, g: Array, state: State) -> None:

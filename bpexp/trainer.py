@@ -134,22 +134,25 @@ def train_epoch(
 
     Every ``stride`` global steps (0: never) the batch loss is computed and passed to
     ``on_step(step, loss)``, which returns True to stop (a loss above the bound). A NaN or inf
-    anywhere in a batch's output error stops the pass at once, before that step's update: its
-    sum over the batch, ∂C/∂b^L (BP3), is already at hand, so the check costs one dot product
-    of n_L numbers a step. Returns the global step reached and whether the pass was stopped.
+    anywhere in a batch's output error, scaled as the update will use it, stops the pass at
+    once, before that step's update: its sum over the batch, ∂C/∂b^L (BP3), is already at hand,
+    so the check costs one dot product of n_L numbers a step. Returns the global step reached
+    and whether the pass was stopped.
     """
     gb_out = net.gb[-1]
+    # backprop leaves gradient_scale · ∇C in net.grad, ready for Optimizer.update.
+    scale = optimizer.gradient_scale
     for start in range(0, X.shape[0], batch_size):
         step += 1
         Xb, Yb = X[start : start + batch_size], Y[start : start + batch_size]
         want_loss = stride > 0 and step % stride == 0
-        loss = net.backprop(Xb, Yb, cost, loss=want_loss)
+        loss = net.backprop(Xb, Yb, cost, loss=want_loss, scale=scale)
         finite = math.isfinite(gb_out @ gb_out)
         if not finite:
             if on_step is not None:
                 on_step(step, cost.fn(net.trace(Xb).a[-1], Yb))
             return step, True
-        optimizer.step(net.params, net.grad, state)
+        optimizer.update(net.params, net.grad, state)
         if want_loss and on_step is not None and on_step(step, loss):
             return step, True
     return step, False

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from bpexp.cost import COSTS
 from bpexp.errors import ConfigError
 from bpexp.gradcheck import check, main, random_problem
 from bpexp.network import Network, initialize, load_weights, save_weights
@@ -186,3 +187,15 @@ def test_bad_network_settings_name_the_key(kwargs, key):
 def test_unknown_init_names_the_key():
     with pytest.raises(ConfigError, match="network.init"):
         initialize(Network([2, 2]), "glorot", stream(0, "init"))
+
+
+def test_backprop_scale_multiplies_every_gradient():
+    rng = np.random.default_rng(1)
+    net = Network([5, 7, 3], "tanh", "sigmoid")
+    net.params[...] = rng.standard_normal(net.params.size)
+    X, Y = rng.standard_normal((9, 5)), rng.random((9, 3))
+    for cost in ("quadratic", "cross_entropy"):
+        net.backprop(X, Y, COSTS[cost])
+        plain = net.grad.copy()
+        net.backprop(X, Y, COSTS[cost], scale=-0.37)
+        np.testing.assert_allclose(net.grad, -0.37 * plain, rtol=1e-12, atol=1e-16)

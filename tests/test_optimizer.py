@@ -190,3 +190,35 @@ def test_every_rule_descends_a_quadratic():
 def test_bad_settings_name_the_key(kwargs, key):
     with pytest.raises(ConfigError, match=key):
         Optimizer(**kwargs)
+
+
+ALL_RULES = [
+    Optimizer("sgd", 0.1),
+    Optimizer("momentum", 0.1, 0.9),
+    Optimizer("momentum", 0.1, 0.9, "ema"),
+    Optimizer("momentum", 0.1, 0.9, "ema", bias_correction=True),
+    Optimizer("nesterov", 0.1, 0.9),
+    Optimizer("rmsprop", 0.01),
+    Optimizer("adam", 0.01),
+]
+
+
+@pytest.mark.parametrize("opt", ALL_RULES, ids=lambda o: o.name + "/" + o.form)
+def test_update_on_the_scaled_gradient_is_step(opt):
+    # The trainer hands update() the gradient already multiplied by gradient_scale (folded
+    # into δ^L by backprop); step(g) must be exactly update(gradient_scale · g).
+    rng = np.random.default_rng(0)
+    w_step = rng.standard_normal(50)
+    w_update = w_step.copy()
+    s_step, s_update = opt.init(w_step), opt.init(w_update)
+    for _ in range(20):
+        g = rng.standard_normal(50)
+        g_before = g.copy()
+        opt.step(w_step, g, s_step)
+        assert np.array_equal(g, g_before)  # step leaves the gradient alone
+        opt.update(w_update, opt.gradient_scale * g, s_update)
+    np.testing.assert_array_equal(w_step, w_update)
+    expected = {"sgd": -0.1, "nesterov": -0.1, "rmsprop": 1.0, "adam": 1.0}
+    if opt.name == "momentum":
+        expected["momentum"] = -0.1 if opt.form == "classical" else 1.0 - 0.9
+    assert opt.gradient_scale == expected[opt.name]

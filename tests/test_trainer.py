@@ -62,7 +62,9 @@ def test_non_finite_error_stops_at_once_before_the_update():
     assert result.outcome == "diverged"
     assert result.epochs_run == 1 and result.steps < math.ceil(data.X_train.shape[0] / 10)
     (last,) = [r for r in records if isinstance(r, StepRecord)]  # only the fatal step
-    assert last.step == result.steps and not math.isfinite(last.batch_loss)
+    # The update −η ∂C/∂b^L overflowed; the loss itself is inf, NaN or past max_loss.
+    assert last.step == result.steps
+    assert not math.isfinite(last.batch_loss) or last.batch_loss > cfg.max_loss
     assert np.all(np.isfinite(net.params))  # the poisoned update was not applied
     assert records[-1].outcome == "diverged"
 
@@ -82,3 +84,22 @@ def test_probe_and_order_depend_on_the_seed_only():
         runs.append(train(net, Optimizer("sgd", lr), cost, data, cfg, 0).history[0])
     # Step 0 is measured before any update: identical for every optimizer setting.
     assert runs[0] == runs[1] == runs[2]
+
+
+def test_an_epoch_is_backprop_then_step_on_each_batch():
+    # train_epoch folds the optimizer's gradient_scale into backprop and calls update();
+    # the same epoch written with the plain gradient and step() lands on the same weights.
+    from bpexp.trainer import train_epoch
+
+    for opt in (Optimizer("momentum", 0.5, 0.9), Optimizer("nesterov", 0.5, 0.9)):
+        net, data, cost = setup()
+        twin, _, _ = setup()
+        X, Y = data.X_train[:200], data.Y_train[:200]
+        state, twin_state = opt.init(net.params), opt.init(twin.params)
+        steps, stopped = train_epoch(net, opt, state, cost, X, Y, 10)
+        for start in range(0, 200, 10):
+            twin.backprop(X[start : start + 10], Y[start : start + 10], cost)
+            opt.step(twin.params, twin.grad, twin_state)
+        assert (steps, stopped) == (20, False)
+        np.testing.assert_allclose(net.params, twin.params, rtol=1e-12, atol=1e-14)
+        assert not np.array_equal(net.params, setup()[0].params)  # it did train
