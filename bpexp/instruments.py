@@ -109,6 +109,6 @@ def update_ratios(net: Network, params_before: Array) -> dict[str, float]:
     out = {}
     for l, (W, W0) in enumerate(zip(net.W, before, strict=True), start=1):
         norm = _norm(W0)
-        change = float(np.linalg.norm(W - W0))
+        change = _norm(np.subtract(W, W0))
         out[f"update_ratio/W{l}"] = change / norm if norm > 0 else float("inf")
     return out
