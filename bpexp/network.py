@@ -51,6 +51,7 @@ class _Buffers:
         self.delta = [np.empty((m, n), dtype) for n in sizes[1:]]
         self.scratch = [np.empty((m, n), dtype) for n in sizes[1:]]
         self.ones = np.ones(m, dtype)  # BP3 as 1ᵀ δ: a BLAS call, not a strided reduction
+        self.delta_T = [d.T for d in self.delta]  # views, made once: a step makes none
 
 
 class Network:
@@ -86,6 +87,7 @@ class Network:
         self.grad = np.zeros(total, self.dtype)
         self.W, self.b = param_views(self.params, shapes)
         self.gW, self.gb = param_views(self.grad, shapes)
+        self._W_T = [W.T for W in self.W]
         self._buffers: dict[int, _Buffers] = {}
 
     @property
@@ -105,8 +107,10 @@ class Network:
 
     def _forward(self, X: Array, buf: _Buffers) -> Array:
         a_prev = X
-        for W, b, act, z, a in zip(self.W, self.b, self.activations, buf.z, buf.a, strict=True):
-            np.dot(a_prev, W.T, out=z)  # Z^l = A^{l-1} (W^l)^T + b^l
+        for W_T, b, act, z, a in zip(
+            self._W_T, self.b, self.activations, buf.z, buf.a, strict=True
+        ):
+            np.dot(a_prev, W_T, out=z)  # Z^l = A^{l-1} (W^l)^T + b^l
             z += b
             act.fn(z, a)
             a_prev = a
@@ -126,12 +130,11 @@ class Network:
         a_out = self._forward(X, buf)
         L = self.n_layers
         # BP1: δ^L = ∇_a C ⊙ σ'(z^L), with the batch mean's 1/m (and scale) folded in once, here.
-        delta = cost.delta(
-            buf.z[-1], a_out, Y, self.activations[-1], buf.delta[-1], buf.scratch[-1], scale
-        )
+        cost.delta(buf.z[-1], a_out, Y, self.activations[-1], buf.delta[-1], buf.scratch[-1], scale)
         for l in range(L, 0, -1):
             a_prev = X if l == 1 else buf.a[l - 2]
-            np.dot(delta.T, a_prev, out=self.gW[l - 1])  # BP4: ∂C/∂W^l = Σ_x δ^l (a^{l-1})^T
+            delta = buf.delta[l - 1]
+            np.dot(buf.delta_T[l - 1], a_prev, out=self.gW[l - 1])  # BP4: Σ_x δ^l (a^{l-1})^T
             np.dot(buf.ones, delta, out=self.gb[l - 1])  # BP3: ∂C/∂b^l = Σ_x δ^l
             if l > 1:
                 # BP2: δ^{l-1} = ((W^l)^T δ^l) ⊙ σ'(z^{l-1}); rows are samples, hence δ W.
@@ -139,7 +142,6 @@ class Network:
                 prev *= self.activations[l - 2].prime(
                     buf.z[l - 2], buf.a[l - 2], buf.scratch[l - 2]
                 )
-                delta = prev
         return cost.fn(a_out, Y) if loss else None
 
     def trace(self, X: Array) -> Trace:

@@ -114,7 +114,7 @@ class Optimizer:
     def update(self, w: Array, s: Array, state: State) -> None:
         """One update of ``w`` (in place) from ``s = gradient_scale · g``; ``s`` is not changed
         unless it is ``state["scratch"]``."""
-        state["t"] = int(state["t"]) + 1
+        state["t"] += 1
         RULES[self.name](self, w, s, state)
 
 
