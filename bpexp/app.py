@@ -287,12 +287,10 @@ def _log_run_artifacts(logger, cfg: DictConfig, exp: Experiment, plots: bool) ->
         save_weights(exp.initial_weights, tmp_path / "weights" / "initial.npz")
         history.to_parquet(tmp_path / "history.parquet", index=False)
         if plots:
-            from bpexp.plots import RUN_PLOTS, new_axes
+            from bpexp.plots import save_run_plots
 
-            (tmp_path / "plots").mkdir()
-            for name, plot in RUN_PLOTS.items():
-                fig = plot(history, new_axes(layout=None))
-                fig.savefig(tmp_path / "plots" / name, dpi=80)
+            # The same PNGs as RUN_PLOTS on new Axes, drawn into figures kept between runs.
+            save_run_plots(history, tmp_path / "plots", dpi=80)
         logger.client.log_artifacts(logger.run_id, tmp)
 
 

@@ -15,7 +15,8 @@ from mlflow import MlflowClient
 import bpexp
 from bpexp.app import build, compose
 from bpexp.errors import TrackingError
-from bpexp.tracking import connect
+from bpexp.tracking import RunLogger, connect, end_run
+from bpexp.trainer import EndRecord, EpochRecord, StepRecord
 from tests.conftest import start_mlflow_server
 
 LAYER_METRICS = [
@@ -214,3 +215,80 @@ def test_experiment_opens_on_the_training_runs_view(store_uri):
     tags = client.get_experiment(experiment_id).tags
     assert tags["mlflow.experimentKind"] == "custom_model_development"
     assert ensure_experiment(client, "fresh") == experiment_id
+
+
+class CountingClient(MlflowClient):
+    """A real client that also records the requests a RunLogger makes through it."""
+
+    def __init__(self, uri: str) -> None:
+        super().__init__(tracking_uri=uri)
+        self.calls: list[tuple] = []
+
+    def log_batch(self, run_id, metrics=(), params=(), tags=(), **kwargs):
+        self.calls.append(("log_batch", len(metrics), {t.key: t.value for t in tags}))
+        return super().log_batch(run_id, metrics=metrics, params=params, tags=tags, **kwargs)
+
+    def set_terminated(self, run_id, status=None, **kwargs):
+        self.calls.append(("set_terminated", status))
+        return super().set_terminated(run_id, status=status, **kwargs)
+
+
+def _new_run(client: MlflowClient) -> str:
+    experiment_id = client.create_experiment("requests")
+    return client.create_run(experiment_id).info.run_id
+
+
+def test_end_run_sends_the_last_metrics_with_the_outcome_in_one_request(store_uri):
+    client = CountingClient(store_uri)
+    logger = RunLogger(client, _new_run(client))
+    logger(EpochRecord(0, {"train/loss": 1.0, "val/loss": 1.1}))
+    logger(StepRecord(10, 1, 0.9))
+    logger(EndRecord(1, {"test/loss": 0.8}, "completed"))
+    assert client.calls == []  # a short run's metrics wait for end_run
+    end_run(logger, "completed")
+    assert client.calls == [
+        ("log_batch", 4, {"outcome": "completed"}),
+        ("set_terminated", "FINISHED"),
+    ]
+    run = client.get_run(logger.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["outcome"] == "completed"
+    assert run.data.metrics == {
+        "train/loss": 1.0,
+        "val/loss": 1.1,
+        "train/batch_loss": 0.9,
+        "test/loss": 0.8,
+    }
+    assert logger.points_logged == 4 == len(logger.rows)
+
+
+def test_end_run_tags_and_closes_the_run_when_metrics_cannot_be_sent(store_uri):
+    # MLflow refuses the whole batch for one metric name it does not allow ('!').
+    from mlflow.exceptions import MlflowException
+
+    client = CountingClient(store_uri)
+    logger = RunLogger(client, _new_run(client))
+    logger(EpochRecord(0, {"train/loss": 1.0, "bad name!": 2.0}))
+    with pytest.raises(MlflowException):
+        end_run(logger, "failed", {"error": "x"})
+    assert client.calls == [
+        ("log_batch", 2, {"outcome": "failed", "error": "x"}),
+        ("log_batch", 0, {"outcome": "failed", "error": "x"}),
+        ("set_terminated", "FAILED"),
+    ]
+    run = client.get_run(logger.run_id)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["outcome"] == "failed" and run.data.tags["error"] == "x"
+
+
+def test_connect_checks_a_sqlite_store_once_while_its_file_exists(tmp_path, monkeypatch):
+    checks = []
+    probe = MlflowClient.search_experiments
+    monkeypatch.setattr(
+        MlflowClient, "search_experiments", lambda self, **kw: checks.append(1) or probe(self, **kw)
+    )
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = connect(uri)
+    assert connect(uri) is client and len(checks) == 1
+    (tmp_path / "mlflow.db").unlink()
+    connect(uri)
+    assert len(checks) == 2
