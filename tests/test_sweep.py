@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import signal
 import subprocess
@@ -229,3 +230,70 @@ def test_stopped_server_gives_a_clear_error_before_training(tmp_path):
     assert proc.returncode == 2
     assert f"tracking.uri='{url}': the MLflow server does not answer" in proc.stderr
     assert "epoch" not in proc.stdout
+
+
+def test_joblib_workers_start_with_the_job_modules_imported(tmp_path):
+    # The launcher forks its workers from a server started in on_multirun_start that imports
+    # what a job needs while Hydra composes every job's config: no job imports bpexp.app.
+    proc = run_cli(
+        [
+            "-m",
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2",
+            "optimizer=sgd,momentum",
+            "seed=0,1,2",
+            "trainer.epochs=1",
+            "tracking.enabled=false",
+        ],
+        tmp_path,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "not started early" not in proc.stderr
+    (sweep_dir,) = tmp_path.glob("multirun/*/*")
+    rows = [json.loads(p.read_text()) for p in (sweep_dir / "results").glob("*.json")]
+    assert len(rows) == 6 and {r["outcome"] for r in rows} == {"completed"}
+    processes = [r["process"] for r in rows]
+    assert len({p["pid"] for p in processes}) <= 2
+    assert all(p["preloaded"] for p in processes)
+
+
+def test_basic_launcher_jobs_run_in_the_launching_process(tmp_path):
+    proc = run_cli(
+        ["-m", "optimizer=sgd,momentum", "trainer.epochs=1", "tracking.enabled=false"], tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (sweep_dir,) = tmp_path.glob("multirun/*/*")
+    rows = sorted(
+        (json.loads(p.read_text()) for p in (sweep_dir / "results").glob("*.json")),
+        key=lambda r: r["job"],
+    )
+    assert len({r["process"]["pid"] for r in rows}) == 1
+    assert [r["process"]["preloaded"] for r in rows] == [False, True]
+
+
+def test_joblib_sweep_from_a_script_calling_main(tmp_path):
+    # Workers forked from a server would re-run a script's top level (a sweep per worker): from
+    # a script the launcher starts its workers as loky always did.
+    script = tmp_path / "run.py"
+    script.write_text("from bpexp.__main__ import main\n\nmain()\n")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            "-m",
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2",
+            "optimizer=sgd,momentum",
+            "trainer.epochs=1",
+            "tracking.enabled=false",
+        ],
+        cwd=tmp_path,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 jobs: 2 completed" in proc.stdout
