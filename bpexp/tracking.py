@@ -21,7 +21,6 @@ import json
 import os
 import platform
 import subprocess
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -58,7 +57,6 @@ def tracking_uri(uri: str | None) -> str:
 # SQLite stores already checked in this process: MLflow keeps one store (engine, schema
 # checked) per URI for the process, so asking again only costs a query (~2 ms) per run.
 _CHECKED_SQLITE: dict[str, MlflowClient] = {}
-_CHECKED_LOCK = threading.Lock()
 
 
 def connect(uri: str, timeout: float = 10.0) -> MlflowClient:
@@ -95,8 +93,7 @@ def connect(uri: str, timeout: float = 10.0) -> MlflowClient:
     except Exception as exc:
         raise TrackingError(f"tracking.uri={uri!r}: the store cannot be used: {exc}") from exc
     if uri.startswith("sqlite:///"):
-        with _CHECKED_LOCK:
-            client = _CHECKED_SQLITE.setdefault(uri, client)
+        client = _CHECKED_SQLITE.setdefault(uri, client)  # one dict operation: atomic
     return client
 
 
