@@ -23,10 +23,9 @@ config.register()
 
 
 @hydra.main(version_base="1.3", config_path=str(config.CONF_DIR), config_name="config")
-def _hydra_main(cfg: DictConfig) -> None:
+def _hydra_main(cfg: DictConfig) -> dict | None:
     if HydraConfig.get().mode == RunMode.MULTIRUN:
-        sweep.run_job(cfg)
-        return
+        return sweep.run_job(cfg)  # the sweeper reads a job's result row from its return
     from bpexp.app import execute
 
     try:

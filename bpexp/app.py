@@ -62,6 +62,7 @@ class Result:
     weights: dict[str, np.ndarray]  # W1, b1, ..., WL, bL
     run_id: str | None = None
     skipped: bool = False
+    steps_per_epoch: int | None = None  # optimizer steps (updates) an epoch
 
 
 def build(cfg: DictConfig) -> Experiment:
@@ -162,10 +163,12 @@ def execute(
     sweep_name: str | None = None,
     parent: Callable[[object, str], str] | None = None,
     listeners: list[Listener] | None = None,
+    tags: dict[str, str] | None = None,
 ) -> Result:
     """Build, train and (if ``tracking.enabled``) log one experiment; ``listeners`` receive
     every training record too (see :mod:`bpexp.trainer`). ``parent(client, experiment_id)``
-    gives the parent run of a sweep's job (:func:`bpexp.sweep.ensure_parent`).
+    gives the parent run of a sweep's job (:func:`bpexp.sweep.ensure_parent`); ``tags`` are
+    added to the run's (``bpexp.stage`` for a protocol's jobs).
 
     Bad input raises ConfigError (TrackingError for the store) before any run exists. Once the
     run exists, divergence is an outcome; an exception marks the run FAILED (traceback as an
@@ -174,6 +177,8 @@ def execute(
     """
     exp = build(cfg)
     flat = flatten(cfg)
+    n_train = exp.data.X_train.shape[0]
+    steps_per_epoch = -(-n_train // (exp.trainer.batch_size or n_train))
     tracking = TrackingConfig(**OmegaConf.to_container(cfg.tracking, resolve=True))
     logger = None
     if tracking.enabled:
@@ -199,13 +204,15 @@ def execute(
                 {},
                 run_id=done.info.run_id,
                 skipped=True,
+                steps_per_epoch=steps_per_epoch,
             )
-        params = {**flat, "network.sizes": list(exp.net.sizes)}
+        params = {**flat, "network.sizes": list(exp.net.sizes), "data.n_train": n_train}
         tags = {
             "optimizer": cfg.optimizer.name,
             "sweep": sweep_name or "",
             "bpexp.config_hash": digest,
             "outcome": "running",
+            **(tags or {}),
         }
         logger = tr.start_run(client, experiment_id, run_name(cfg), params, tags, parent_run_id)
         if echo:
@@ -228,7 +235,13 @@ def execute(
             _fan_out(listeners),
             tracking.log_every_n_steps,
         )
-        out = Result(result.outcome, result.final_metrics, history_frame(result), weights(exp.net))
+        out = Result(
+            result.outcome,
+            result.final_metrics,
+            history_frame(result),
+            weights(exp.net),
+            steps_per_epoch=steps_per_epoch,
+        )
         if logger is not None:
             out.run_id = logger.run_id
             _log_run_artifacts(logger, cfg, exp, tracking.plots)

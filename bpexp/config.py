@@ -85,8 +85,19 @@ class Config:
 
 
 def register() -> None:
-    """Register the schema and the ``${bpexp_sweeps:}`` resolver used in ``conf/config.yaml``."""
+    """Register the schema, bpexp's sweeper and the ``${bpexp_sweeps:}`` resolver used in
+    ``conf/config.yaml``.
+
+    The sweeper lives in the ``hydra_plugins`` namespace as Hydra requires, but Hydra's plugin
+    scan does not see it under an editable install (``pip install -e .``), so it is registered
+    here by hand (Hydra's ``Plugins.register``).
+    """
+    from hydra.core.plugins import Plugins
+
+    from hydra_plugins.bpexp_sweeper.bpexp_sweeper import BpexpSweeper
+
     ConfigStore.instance().store(name="bpexp_schema", node=Config)
+    Plugins.instance().register(BpexpSweeper)
     OmegaConf.register_new_resolver("bpexp_sweeps", lambda: SWEEPS_DIR.as_posix(), replace=True)
 
 

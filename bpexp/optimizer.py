@@ -50,6 +50,16 @@ def label(name: str, form: str = "classical", bias_correction: bool = False) -> 
     return f"momentum/{form}" + ("+bc" if bias_correction else "")
 
 
+def effective_step(name: str, form: str, lr: float, beta: float) -> float:
+    """The long-run step per unit of a constant gradient: η/(1 − β) for classical momentum and
+    Nesterov (their velocity sums a geometric series), η for SGD and the EMA forms (the EMA
+    averages, it does not sum) and for RMSprop and Adam (whose steps are scaled per coordinate).
+    Arms line up by this, not by ``optimizer.lr``, when comparing learning rates."""
+    if name == "nesterov" or (name == "momentum" and form == "classical"):
+        return lr / (1.0 - beta)
+    return lr
+
+
 @dataclass(frozen=True)
 class Optimizer:
     name: str

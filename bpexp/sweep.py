@@ -51,7 +51,16 @@ FINAL_METRICS = [
     "test/loss",
     "test/accuracy",
 ]
-SUMMARY_COLUMNS = ["job", "overrides", "outcome", "epochs", *FINAL_METRICS, "run_id", "error"]
+SUMMARY_COLUMNS = [
+    "job",
+    "stage",
+    "overrides",
+    "outcome",
+    "epochs",
+    *FINAL_METRICS,
+    "run_id",
+    "error",
+]
 JOBLIB_LAUNCHER = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
 BLAS_THREADS_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -222,14 +231,28 @@ def _run_job(cfg: DictConfig) -> dict:
     job = int(hydra_cfg.job.num)
     (sweep_dir / "results").mkdir(parents=True, exist_ok=True)
     row: dict = {"job": job, "overrides": " ".join(hydra_cfg.overrides.task)}
+    protocol = hydra_cfg.sweeper.get("protocol")
+    tags = {}
+    if protocol is not None:
+        # The stage follows from the seed: confirm seeds are never tuning seeds.
+        row["stage"] = "confirm" if cfg.seed in protocol.confirm_seeds else "tune"
+        tags["bpexp.stage"] = row["stage"]
     # Not in summary.csv: which process ran the job, and whether it had bpexp.app imported
     # before the job (a joblib worker forked from the preloaded server, or a later job).
     row["process"] = {"pid": os.getpid(), "preloaded": preloaded}
     try:
         result = execute(
-            cfg, echo=True, sweep_name=os.environ.get(SWEEP_NAME_ENV), parent=ensure_parent
+            cfg,
+            echo=True,
+            sweep_name=os.environ.get(SWEEP_NAME_ENV),
+            parent=ensure_parent,
+            tags=tags,
         )
         row["outcome"] = "skipped" if result.skipped else result.outcome
+        row["run_outcome"] = result.outcome
+        row["steps_per_epoch"] = result.steps_per_epoch
+        if protocol is not None:
+            row["curve"] = _curve(cfg, result, protocol.yardstick)
         row["run_id"] = result.run_id
         row["epochs"] = len(result.history) - 1 if len(result.history) else None
         for key in FINAL_METRICS:
@@ -249,6 +272,20 @@ def _run_job(cfg: DictConfig) -> dict:
         traceback.print_exc()
     _write_result(sweep_dir, row)
     return row
+
+
+def _curve(cfg: DictConfig, result, metric: str) -> list[float]:
+    """``metric`` at every epoch (0 = at initialisation) of a job's run, for time to target: from
+    the run itself, or from the store for a job skipped because its run exists."""
+    if metric in result.history.columns:
+        return [float(v) for v in result.history[metric]]
+    if not result.run_id:
+        return []
+    from bpexp import tracking as tr
+
+    client = tr.connect(tr.tracking_uri(cfg.tracking.uri), cfg.tracking.timeout_seconds)
+    points = sorted((m.step, m.value) for m in client.get_metric_history(result.run_id, metric))
+    return [float(v) for _, v in points]
 
 
 def _write_result(sweep_dir: Path, row: dict) -> None:

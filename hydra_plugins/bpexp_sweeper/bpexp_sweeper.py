@@ -1,0 +1,399 @@
+"""bpexp's sweeper: Hydra's grid, or the tune-then-confirm protocol when one is configured.
+
+``conf/config.yaml`` selects it (``hydra/sweeper: bpexp``). Without ``hydra.sweeper.protocol`` it
+is Hydra's basic sweeper: the product of ``hydra.sweeper.params`` and the command line's sweeps.
+With a protocol (:mod:`bpexp.protocol`, ``docs/protocol.md``) every key swept on the command
+line or in ``params`` is an arm key, the protocol's ``search`` keys are tuned per arm on the
+tuning seeds, and each arm's best setting is rerun on the confirm seeds. Both stages go through
+whichever launcher is configured (basic, joblib, submitit, slurm), so jobs run as usual.
+
+Kept in the sweep folder, and logged to the parent run by :func:`bpexp.sweep.finish`:
+``protocol/protocol.json`` (the settings, the arms, the search space), ``protocol/tune.csv``
+(every tuning run's score), ``protocol/chosen.csv`` (each arm's setting) and
+``protocol/final_table.csv`` (the answer).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import JobStatus
+from hydra.plugins.sweeper import Sweeper
+from omegaconf import DictConfig, OmegaConf
+
+from bpexp import protocol as proto
+from bpexp.errors import ConfigError
+
+
+@dataclass
+class ProtocolConf:
+    """``hydra.sweeper.protocol``: see :func:`bpexp.protocol.parse` and docs/protocol.md."""
+
+    search: dict[str, Any] = field(default_factory=dict)
+    sampler: str = "grid"  # grid (deterministic) or tpe (Optuna, pip install bpexp[optuna])
+    budget: int | None = None  # settings per arm; null: the size of the grid
+    tune_seeds: list[int] = field(default_factory=lambda: [0, 1])
+    confirm_seeds: list[int] = field(default_factory=lambda: list(range(100, 110)))
+    yardstick: str = "val/accuracy"
+    direction: str | None = None  # null: maximize an accuracy, minimize a loss
+    target: float | None = None  # time to target: first epoch the yardstick reaches it
+    sampler_seed: int = 0
+
+
+@dataclass
+class BpexpSweeperConf:
+    _target_: str = "hydra_plugins.bpexp_sweeper.bpexp_sweeper.BpexpSweeper"
+    max_batch_size: int | None = None
+    params: dict[str, str] | None = None
+    protocol: ProtocolConf | None = None
+
+
+ConfigStore.instance().store(
+    group="hydra/sweeper", name="bpexp", node=BpexpSweeperConf, provider="bpexp"
+)
+
+
+@dataclass
+class Job:
+    arm: str
+    setting: int
+    seed: int
+    overrides: list[str]
+
+
+def _stop(message: str) -> None:
+    """Bad input: say so and exit 2 before any job runs (Hydra would print a traceback)."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
+class BpexpSweeper(Sweeper):
+    # Not a subclass of Hydra's BasicSweeper: Hydra's plugin scan executes that module a second
+    # time, and a subclass of the first class object then fails in its __init__.
+    def __init__(
+        self,
+        max_batch_size: int | None = None,
+        params: dict[str, str] | None = None,
+        protocol: DictConfig | None = None,
+    ) -> None:
+        super().__init__()
+        self.max_batch_size = max_batch_size
+        self.params = dict(params or {})
+        self.protocol_settings = protocol
+        self.job_idx = 0
+
+    def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
+        from hydra.core.plugins import Plugins
+
+        self.hydra_context = hydra_context
+        self.config = config
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
+
+    def _parse_config(self) -> list[str]:
+        return [f"{key}={value}" for key, value in self.params.items()]
+
+    def sweep(self, arguments: list[str]) -> Any:
+        if self.protocol_settings is None:
+            return self._grid(arguments)
+        try:
+            settings = OmegaConf.to_container(self.protocol_settings, resolve=True)
+            protocol = proto.parse(settings)
+            protocol, fixed, arms = self._arms(protocol, arguments)
+            arm_configs = self._check_arms(protocol, fixed, arms)
+        except ConfigError as exc:
+            _stop(str(exc))
+        folder = Path(str(self.config.hydra.sweep.dir)) / "protocol"
+        folder.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, folder.parent / "multirun.yaml")
+        plan = {
+            "settings": settings,
+            "arms": {arm: overrides for arm, overrides in arms.items()},
+            "fixed": fixed,
+            "search": {s.key: s.describe() for s in protocol.search},
+            "budget_per_arm": protocol.budget,
+            "runs_per_arm": {"tune": protocol.budget * len(protocol.tune_seeds)},
+        }
+        (folder / "protocol.json").write_text(json.dumps(plan, indent=2))
+        n = len(arms)
+        print(
+            f"protocol: {n} arms x {protocol.budget} settings x {len(protocol.tune_seeds)} tuning "
+            f"seeds, then {n} x {len(protocol.confirm_seeds)} confirm seeds; "
+            f"yardstick {protocol.yardstick} ({protocol.direction})",
+            flush=True,
+        )
+        returns = []
+        tuned, tune_returns = self._tune(protocol, fixed, arms)
+        returns += tune_returns
+        tuned.to_csv(folder / "tune.csv", index=False)
+        chosen = proto.choose(protocol, tuned)
+        settings_of = tuned.drop_duplicates(["arm", "setting"]).set_index(["arm", "setting"])
+        for key in protocol.keys:
+            chosen[key] = [
+                settings_of.loc[(a, s), key]
+                for a, s in zip(chosen["arm"], chosen["setting"], strict=True)
+            ]
+        chosen["effective_step"] = [
+            proto.arm_effective_step({k: row[k] for k in protocol.keys}, arm_configs[row["arm"]])
+            for _, row in chosen.iterrows()
+        ]
+        chosen.to_csv(folder / "chosen.csv", index=False)
+        confirm_jobs = [
+            Job(arm, -1, seed, [*fixed, *arms[arm], *self._setting(protocol, row), f"seed={seed}"])
+            for arm, row in zip(chosen["arm"], chosen.to_dict("records"))
+            for seed in protocol.confirm_seeds
+        ]
+        print(f"protocol: confirm stage, {len(confirm_jobs)} runs", flush=True)
+        results, confirm_returns = self._launch(confirm_jobs)
+        returns += confirm_returns
+        confirmed = pd.DataFrame(
+            [
+                self._confirmed(protocol, job, row)
+                for job, row in zip(confirm_jobs, results, strict=True)
+            ]
+        )
+        confirmed = confirmed.merge(chosen[["arm", *protocol.keys, "effective_step"]], on="arm")
+        from bpexp.analysis import mean_std_ci
+
+        table = proto.final_table(protocol, confirmed, mean_std_ci)
+        table.insert(1, "yardstick", protocol.yardstick)
+        table.to_csv(folder / "final_table.csv", index=False)
+        confirmed.to_csv(folder / "confirm.csv", index=False)
+        with pd.option_context("display.width", 200, "display.max_columns", 30):
+            print(f"\nprotocol result, ranked by {protocol.yardstick} ({protocol.direction}):")
+            print(table.to_string(index=False, float_format="{:.4g}".format))
+        return returns
+
+    def _grid(self, arguments: list[str]) -> list:
+        """Hydra's basic sweep: every combination of the swept values, in batches."""
+        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        overrides = parser.parse_overrides([*self._parse_config(), *arguments])
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        returns = []
+        for batch in BasicSweeper.split_arguments(overrides, self.max_batch_size):
+            self.validate_batch_is_legal(batch)
+            returns.append(self.launcher.launch(batch, initial_job_idx=self.job_idx))
+            self.job_idx += len(batch)
+        return returns
+
+    # -------------------------------------------------------------------------- arms
+
+    def _arms(self, protocol: proto.Protocol, arguments: list[str]):
+        """``(protocol, fixed overrides, {arm label: its overrides})`` from ``params`` and the command
+        line (which wins). A swept key is an arm key, unless it is a search key: then its
+        values replace that key's search space."""
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        overrides = parser.parse_overrides([*self._parse_config(), *arguments])
+        by_key: OrderedDict[str, list[str]] = OrderedDict()
+        for override in overrides:
+            key = override.get_key_element()
+            if override.is_sweep_override():
+                if not override.is_discrete_sweep():
+                    raise ConfigError(f"{key}: only lists of values (a,b,c) can be swept")
+                by_key[key] = [f"{key}={v}" for v in override.sweep_string_iterator()]
+            else:
+                by_key[key] = [f"{key}={override.get_value_element_as_str()}"]
+        if "seed" in by_key:
+            raise ConfigError(
+                f"seed={','.join(v.split('=', 1)[1] for v in by_key['seed'])}: under a protocol "
+                f"the seeds are {proto.KEY}.tune_seeds and {proto.KEY}.confirm_seeds"
+            )
+        fixed: list[str] = []
+        arm_keys: list[tuple[str, list[str]]] = []
+        for key, values in by_key.items():
+            if key.lstrip("+~") in protocol.keys:
+                protocol = proto.with_values(protocol, key.lstrip("+~"), values)
+            elif len(values) > 1:
+                arm_keys.append((key, values))
+            else:
+                fixed += values
+        arms: dict[str, list[str]] = {}
+        combos: list[list[str]] = [[]]
+        for _, values in arm_keys:
+            combos = [c + [v] for c in combos for v in values]
+        for combo in combos:
+            label = " ".join(v.split("=", 1)[1] for v in combo) or "all"
+            arms[label] = combo
+        return protocol, fixed, arms
+
+    def _check_arms(self, protocol, fixed, arms) -> dict[str, dict]:
+        """Compose one config per arm before anything runs: unknown keys and options fail
+        here; search keys must exist; a yardstick must be logged; losses of different costs
+        must not rank arms. Returns each arm's ``optimizer.*`` values."""
+        from bpexp.config import flatten
+
+        loader = self.hydra_context.config_loader
+        costs, out = {}, {}
+        for arm, overrides in arms.items():
+            first = [f"{s.key}={s.values[0]}" for s in protocol.search]
+            try:
+                cfg = loader.load_sweep_config(
+                    self.config, [*fixed, *overrides, *first, f"seed={protocol.tune_seeds[0]}"]
+                )
+            except Exception as exc:
+                raise ConfigError(f"arm {arm!r} ({' '.join(overrides)}): {exc}") from None
+            job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+            flat = flatten(OmegaConf.to_container(job, resolve=True))
+            for space in protocol.search:
+                if space.key not in flat:
+                    raise ConfigError(
+                        f"{proto.KEY}.search.{space.key}: {space.key!r} is not a config key; "
+                        "search keys are keys such as optimizer.lr, optimizer.beta"
+                    )
+            if protocol.yardstick.startswith("val/") and not flat.get("data.val_fraction", 0) > 0:
+                raise ConfigError(
+                    f"{proto.KEY}.yardstick={protocol.yardstick!r}, but arm {arm!r} has "
+                    f"data.val_fraction={flat.get('data.val_fraction')}: its runs log no "
+                    "val/ metrics; use train/accuracy or train/loss"
+                )
+            costs[arm] = flat["cost.name"]
+            out[arm] = {k: v for k, v in flat.items() if k.startswith("optimizer.")}
+        if protocol.yardstick.endswith("/loss") and len(set(costs.values())) > 1:
+            raise ConfigError(
+                f"{proto.KEY}.yardstick={protocol.yardstick!r} would rank arms with different "
+                f"costs ({', '.join(sorted(set(costs.values())))}) by their losses, which are "
+                "different quantities; use val/accuracy"
+            )
+        return out
+
+    @staticmethod
+    def _setting(protocol, values: dict) -> list[str]:
+        return [f"{key}={values[key]:g}" for key in protocol.keys]
+
+    # -------------------------------------------------------------------------- stages
+
+    def _launch(self, jobs: list[Job]) -> tuple[list[dict], list]:
+        """Run ``jobs`` through the launcher (in batches of ``max_batch_size``); their result
+        rows, in order (a job that raised gives ``{"outcome": "failed"}``)."""
+        rows, returns = [], []
+        size = self.max_batch_size or len(jobs) or 1
+        for start in range(0, len(jobs), size):
+            batch = [job.overrides for job in jobs[start : start + size]]
+            self.validate_batch_is_legal(batch)
+            results = self.launcher.launch(batch, initial_job_idx=self.job_idx)
+            self.job_idx += len(batch)
+            returns.append(results)
+            for r in results:
+                ok = r.status == JobStatus.COMPLETED and isinstance(r._return_value, dict)
+                rows.append(r._return_value if ok else {"outcome": "failed"})
+        return rows, returns
+
+    def _tune(self, protocol, fixed, arms):
+        if protocol.sampler == "tpe":
+            return self._tune_tpe(protocol, fixed, arms)
+        settings = proto.grid(protocol)
+        jobs = [
+            Job(arm, i, seed, [*fixed, *overrides, *self._setting(protocol, s), f"seed={seed}"])
+            for arm, overrides in arms.items()
+            for i, s in enumerate(settings)
+            for seed in protocol.tune_seeds
+        ]
+        print(f"protocol: tune stage, {len(jobs)} runs", flush=True)
+        rows, returns = self._launch(jobs)
+        frame = pd.DataFrame(
+            [
+                self._tuned(protocol, job, settings[job.setting], row)
+                for job, row in zip(jobs, rows, strict=True)
+            ]
+        )
+        return frame, [returns]
+
+    def _tune_tpe(self, protocol, fixed, arms):
+        try:
+            import optuna
+        except ImportError:
+            raise ConfigError(
+                f"{proto.KEY}.sampler='tpe' needs Optuna: pip install 'bpexp[optuna]'"
+            ) from None
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        studies = {
+            arm: optuna.create_study(
+                direction="maximize",
+                sampler=optuna.samplers.TPESampler(seed=protocol.sampler_seed + i),
+            )
+            for i, arm in enumerate(arms)
+        }
+        frames, returns = [], []
+        print(f"protocol: tune stage (TPE), {protocol.budget} rounds", flush=True)
+        for round_ in range(protocol.budget):
+            trials, jobs, settings = {}, [], {}
+            for arm, overrides in arms.items():
+                trial = studies[arm].ask()
+                setting = {}
+                for space in protocol.search:
+                    if space.low is None:
+                        value = trial.suggest_categorical(space.key, list(space.values))
+                    else:
+                        value = trial.suggest_float(space.key, space.low, space.high, log=space.log)
+                    setting[space.key] = float(f"{value:.3g}")
+                trials[arm], settings[arm] = trial, setting
+                jobs += [
+                    Job(
+                        arm,
+                        round_,
+                        s,
+                        [*fixed, *overrides, *self._setting(protocol, setting), f"seed={s}"],
+                    )
+                    for s in protocol.tune_seeds
+                ]
+            rows, batch_returns = self._launch(jobs)
+            returns.append(batch_returns)
+            frame = pd.DataFrame(
+                [
+                    self._tuned(protocol, j, settings[j.arm], row)
+                    for j, row in zip(jobs, rows, strict=True)
+                ]
+            )
+            for arm, trial in trials.items():
+                mean = frame.loc[frame["arm"] == arm, "score"].mean()
+                # Optuna wants finite values: a diverged setting gets a value below any real one.
+                studies[arm].tell(trial, mean if math.isfinite(mean) else -1e300)
+            frames.append(frame)
+        return pd.concat(frames, ignore_index=True), returns
+
+    @staticmethod
+    def _tuned(protocol, job: Job, setting: dict, row: dict) -> dict:
+        return {
+            "arm": job.arm,
+            "setting": job.setting,
+            **setting,
+            "seed": job.seed,
+            "outcome": row.get("run_outcome") or row.get("outcome"),
+            protocol.yardstick: row.get(protocol.yardstick),
+            proto.TIE_BREAK: row.get(proto.TIE_BREAK),
+            "score": proto.score(protocol, row),
+            "run_id": row.get("run_id"),
+        }
+
+    @staticmethod
+    def _confirmed(protocol, job: Job, row: dict) -> dict:
+        curve = row.get("curve") or []
+        epochs = math.inf
+        if protocol.target is not None and curve:
+            epochs = proto.time_to_target(
+                range(len(curve)), curve, protocol.target, protocol.direction
+            )
+        steps_per_epoch = row.get("steps_per_epoch") or math.nan
+        return {
+            "arm": job.arm,
+            "seed": job.seed,
+            "outcome": row.get("run_outcome") or row.get("outcome"),
+            "value": row.get(protocol.yardstick),
+            "epochs_to_target": epochs,
+            "steps_to_target": epochs * steps_per_epoch if math.isfinite(epochs) else math.inf,
+            "run_id": row.get("run_id"),
+        }
