@@ -240,7 +240,7 @@ def arm_curves(
     best setting. Colour = arm; the first metric is drawn dashed, the others solid.
     """
     colors = arm_colors(history["arm"])
-    styles = ["--", "-", ":", "-."]
+    styles = ["--", "-", ":", "-."] if len(metrics) > 1 else ["-"]
     for arm, rows in history[history["metric"].isin(metrics)].groupby("arm"):
         for i, metric in enumerate(metrics):
             stats = _mean_std(rows[rows["metric"] == metric])

@@ -232,6 +232,8 @@ def choose(protocol: Protocol, tuned: pd.DataFrame) -> pd.DataFrame:
     means = frame.groupby(["arm", "setting"], sort=False).agg(
         score=("score", "mean"), tie=("_tie", "mean"), seeds=("score", "size")
     )
+    # Accuracies are fractions k/n: equal means must tie, not differ in the last bit.
+    means["score"] = means["score"].round(12)
     means = means.reset_index().sort_values(
         ["arm", "score", "tie", "setting"], ascending=[True, False, False, True], kind="stable"
     )

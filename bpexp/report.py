@@ -31,6 +31,7 @@ from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
 from bpexp import analysis, plots
+from bpexp import protocol as proto
 from bpexp.tracking import BATCH_LIMIT
 
 REPORT_ARTIFACT_PATH = "report"
@@ -264,6 +265,244 @@ def write_report(
     return Report(index, comparison, curves)
 
 
+# ------------------------------------------------------------------- protocol sweeps
+
+
+def protocol_settings(client: MlflowClient, parent: str) -> proto.Protocol | None:
+    """The protocol a parent run logged (``protocol.*`` params), or None for a plain sweep."""
+    params = client.get_run(parent).data.params
+    if "protocol.yardstick" not in params:
+        return None
+    yardstick = params["protocol.yardstick"]
+    direction = params.get("protocol.direction")
+    if direction in (None, "None", ""):
+        direction = "maximize" if yardstick.endswith("accuracy") else "minimize"
+    target = params.get("protocol.target")
+    keys = tuple(
+        k.removeprefix("protocol.search.") for k in params if k.startswith("protocol.search.")
+    )
+    return proto.Protocol(
+        search=(),
+        yardstick=yardstick,
+        direction=direction,
+        target=None if target in (None, "None", "") else float(target),
+        keys=tuple(sorted(keys)),
+    )
+
+
+def _with_arms(runs: pd.DataFrame, protocol: proto.Protocol) -> pd.DataFrame:
+    """``runs`` with ``arm`` (what the sweep varied, but the search keys and the seed) and
+    ``effective_step`` columns."""
+    frame = runs.copy()
+    by, _ = analysis.settings_varied(frame)
+    by = [c for c in by if c not in protocol.keys]
+    frame["arm"] = analysis.label_arms(frame, by) if by else "all"
+    frame["effective_step"] = [
+        proto.arm_effective_step({}, row) if "optimizer.lr" in row else math.nan
+        for row in frame.to_dict("records")
+    ]
+    return frame
+
+
+def confirmed_frame(
+    protocol: proto.Protocol, confirm: pd.DataFrame, history: pd.DataFrame
+) -> pd.DataFrame:
+    """One row per confirm run for :func:`bpexp.protocol.final_table`: ``arm, seed, outcome,
+    value``, epochs and steps to target (from ``history``), the setting, the effective step."""
+    rows = []
+    for run in confirm.to_dict("records"):
+        epochs = math.inf
+        if protocol.target is not None:
+            points = history[
+                (history["run_id"] == run["run_id"]) & (history["metric"] == protocol.yardstick)
+            ]
+            epochs = proto.time_to_target(
+                points["step"], points["value"], protocol.target, protocol.direction
+            )
+        n_train = run.get("data.n_train", math.nan)
+        batch = run.get("trainer.batch_size")
+        per_epoch = (
+            math.ceil(n_train / (batch if batch and batch == batch else n_train))
+            if n_train == n_train
+            else math.nan
+        )
+        rows.append(
+            {
+                "arm": run["arm"],
+                "seed": run["seed"],
+                "outcome": run["outcome"],
+                "value": run.get(protocol.yardstick, math.nan),
+                "epochs_to_target": epochs,
+                "steps_to_target": epochs * per_epoch if math.isfinite(epochs) else math.inf,
+                **{k: run.get(k) for k in protocol.keys},
+                "effective_step": run["effective_step"],
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _median_iqr_text(median: float, q1: float, q3: float) -> str:
+    if not math.isfinite(median):
+        return "missed (median ∞)"
+    return f"{_format(median)} [{_format(q1)}, {_format(q3) if math.isfinite(q3) else '∞'}]"
+
+
+def protocol_display(protocol: proto.Protocol, table: pd.DataFrame) -> pd.DataFrame:
+    """The final table as text: one row per arm, best first."""
+    y = protocol.yardstick
+    out = pd.DataFrame({"arm": table["arm"]})
+    for key in protocol.keys:
+        if key in table.columns:
+            out[f"chosen {key}"] = table[key].map(_format)
+    out["effective step"] = table["effective_step"].map(_format)
+    out[f"final {y}, mean ± 95% CI"] = [
+        _pm(m, h) + f" (n={n})"
+        for m, h, n in zip(table["mean"], table["ci95"], table["seeds"], strict=True)
+    ]
+    out["Δ vs best, paired (95% CI)"] = [
+        "(best)" if i == 0 else _pm(m, h)
+        for i, (m, h) in enumerate(
+            zip(table["diff_vs_best_mean"], table["diff_vs_best_ci95"], strict=True)
+        )
+    ]
+    if protocol.target is not None:
+        for unit in ("epochs", "steps"):
+            out[
+                f"{unit} to {y} ≥ {protocol.target:g}: median [IQR]"
+                if protocol.direction == "maximize"
+                else f"{unit} to {y} ≤ {protocol.target:g}: median [IQR]"
+            ] = [
+                _median_iqr_text(m, a, b)
+                for m, a, b in zip(
+                    table[f"{unit}_to_target_median"],
+                    table[f"{unit}_to_target_q1"],
+                    table[f"{unit}_to_target_q3"],
+                    strict=True,
+                )
+            ]
+        out["reached"] = [
+            f"{r}/{n}"
+            for r, n in zip(
+                table["reached"], table["seeds"] + table["diverged"] + table["failed"], strict=True
+            )
+        ]
+    out["diverged"] = table["diverged"]
+    return out
+
+
+def _sensitivity_figure(tune: pd.DataFrame, protocol: proto.Protocol) -> plots.Figure:
+    """Final yardstick against the learning rate (left) and the effective step (right)."""
+    fig = plots.Figure(figsize=(11, 4.2), layout="constrained")
+    left, right = fig.subplots(1, 2, sharey=True)
+    for ax, x in ((left, "optimizer.lr"), (right, "effective_step")):
+        plots.lr_sensitivity(tune, ax, metric=protocol.yardstick, lr=x)
+        ax.get_legend().remove()
+    fig.suptitle(f"Tuning runs: final {protocol.yardstick} (dots: seeds, line: their mean)")
+    left.set_title("against optimizer.lr")
+    right.set_title("against the effective step η/(1−β) (η for SGD, EMA)")
+    right.set_ylabel("")
+    handles, labels = left.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right upper", fontsize="small")
+    return fig
+
+
+def write_protocol_report(
+    runs: pd.DataFrame,
+    history: pd.DataFrame,
+    out: Path,
+    protocol: proto.Protocol,
+    *,
+    title: str,
+    notes: Sequence[str] = (),
+) -> Report:
+    """The report of a tune-then-confirm sweep: the final table over the confirm runs and the
+    figures that answer it (sensitivity over the tuning runs, curves of the confirm runs)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    frame = _with_arms(runs, protocol)
+    tune = frame[frame["stage"] == "tune"]
+    confirm = frame[frame["stage"] == "confirm"]
+    table = proto.final_table(
+        protocol, confirmed_frame(protocol, confirm, history), analysis.mean_std_ci
+    )
+    table.to_csv(out / "final_table.csv", index=False)
+    frame.to_csv(out / "runs.csv", index=False)
+    curves = history.drop(columns="arm", errors="ignore").merge(
+        confirm[["run_id", "arm"]], on="run_id"
+    )
+    figures = {"lr_sensitivity.png": _sensitivity_figure(tune, protocol)}
+    ax = plots.new_axes(8, 4.5)
+    plots.arm_curves(curves, ax, metrics=(protocol.yardstick,))
+    if protocol.target is not None:
+        ax.axhline(protocol.target, color="grey", linestyle=":", linewidth=1, label="target")
+    ax.set_title(f"confirm runs: {protocol.yardstick}, mean over seeds ± 1 std")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    figures["confirm_curves.png"] = ax.figure
+    ax = plots.new_axes(8, 4.5)
+    plots.arm_curves(curves, ax)
+    ax.set_title("confirm runs: train (dashed) and validation (solid) loss")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    figures["loss_curves.png"] = ax.figure
+    for name, figure in figures.items():
+        figure.savefig(out / name, dpi=90)
+    n_arms = table["arm"].nunique() if len(table) else 0
+    per_arm = tune.groupby("arm").size()
+    winner = ""
+    if len(table) > 1:
+        best, second = table.iloc[0], table.iloc[1]
+        d, h = -second["diff_vs_best_mean"], second["diff_vs_best_ci95"]
+        sure = (
+            "the 95% CI of the paired difference excludes 0"
+            if h == h and d - h > 0
+            else "the 95% CI of the paired difference includes 0: not a clear winner"
+        )
+        winner = (
+            f"**Answer:** {best['arm']} ranks first by final {protocol.yardstick} "
+            f"({_pm(best['mean'], best['ci95'])}, n={best['seeds']}), ahead of {second['arm']} "
+            f"by {_format(d)} ± {_format(h, 2)} (paired over {second['paired_seeds']} confirm seeds); {sure}."
+        )
+    lines = [
+        f"# {title}",
+        "",
+        *[f"- {note}" for note in notes],
+        f"- protocol (docs/protocol.md): {n_arms} arms; tune: {', '.join(f'{a} {n} runs' for a, n in per_arm.items())}"
+        f" (the same budget each), on tuning seeds {sorted(tune['seed'].unique().tolist())};"
+        f" confirm: each arm's best setting on seeds {sorted(confirm['seed'].unique().tolist())}",
+        f"- ranked by final {protocol.yardstick} ({protocol.direction}); a setting's score is its mean"
+        " over the tuning seeds, a diverged run counting as worst",
+        "- effective step: η/(1−β) for classical momentum and Nesterov, η otherwise (docs/science.md)",
+        "",
+        winner,
+        "",
+        "## Final table (confirm runs)",
+        "",
+        markdown_table(protocol_display(protocol, table)) if len(table) else "(no confirm runs)",
+        "",
+        "95% CI: Student t with n − 1 degrees of freedom over the confirm seeds. Δ vs best: per-seed"
+        " difference against the first arm, over the seeds both completed (same seed = same initial"
+        " weights and mini-batches). Time to target: a seed that never reached it counts as ∞.",
+        "Numbers: [final_table.csv](final_table.csv); every run: [runs.csv](runs.csv).",
+        "",
+        "## Figures",
+        "",
+        "### Learning-rate sensitivity (tuning runs)",
+        "",
+        "![Learning-rate sensitivity](lr_sensitivity.png)",
+        "",
+        f"### {protocol.yardstick} per epoch (confirm runs)",
+        "",
+        f"![{protocol.yardstick} per epoch](confirm_curves.png)",
+        "",
+        "### Loss per epoch (confirm runs)",
+        "",
+        "![Loss per epoch](loss_curves.png)",
+        "",
+    ]
+    index = out / "index.md"
+    index.write_text("\n".join(lines))
+    return Report(index, table, curves)
+
+
 def parent_metrics(curves: pd.DataFrame, timestamp: int | None = None) -> list[Metric]:
     """Per arm and epoch, the mean over seeds of ``val/loss``, ``val/accuracy`` and
     ``train/loss`` at the arm's best setting, as ``sweep/val/loss/<arm>`` etc.
@@ -318,7 +557,13 @@ def log_sweep(
     history = analysis.history(runs, params=(), client=client)
     name, notes = _parent_notes(client, parent)
     out = Path(sweep_dir) / "report"
-    report = write_report(runs, history, out, title=f"Sweep `{name}`", notes=notes)
+    protocol = protocol_settings(client, parent)
+    if protocol is not None and (runs["stage"] == "confirm").any():
+        report = write_protocol_report(
+            runs, history, out, protocol, title=f"Sweep `{name}`", notes=notes
+        )
+    else:
+        report = write_report(runs, history, out, title=f"Sweep `{name}`", notes=notes)
     client.log_artifacts(parent, str(out), REPORT_ARTIFACT_PATH)
     _log_metrics(client, parent, parent_metrics(report.curves))
     print(f"report: {report.index}", flush=True)
@@ -356,15 +601,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     history = analysis.history(runs, client=client)
     name, notes = _parent_notes(client, parent)
     out = Path(args.out or f"reports/{name}-{parent[:8]}").resolve()
-    report = write_report(
-        runs,
-        history,
-        out,
-        title=f"Sweep `{name}`",
-        notes=notes,
-        target_loss=args.target_loss,
-        target_accuracy=args.target_accuracy,
-    )
+    protocol = protocol_settings(client, parent)
+    if protocol is not None and (runs["stage"] == "confirm").any():
+        report = write_protocol_report(
+            runs, history, out, protocol, title=f"Sweep `{name}`", notes=notes
+        )
+    else:
+        report = write_report(
+            runs,
+            history,
+            out,
+            title=f"Sweep `{name}`",
+            notes=notes,
+            target_loss=args.target_loss,
+            target_accuracy=args.target_accuracy,
+        )
     if not args.no_log:
         client.log_artifacts(parent, str(out), REPORT_ARTIFACT_PATH)
         # The end of the multirun logged them already, unless it predates the report code.

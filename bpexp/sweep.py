@@ -315,6 +315,8 @@ def finish(stopped: str | None = None) -> int:
     uri = os.environ.pop(TRACKING_URI_ENV, None)
     for key in (SWEEP_NAME_ENV, SWEEP_START_ENV):
         os.environ.pop(key, None)
+    if stopped == "aborted" and not (sweep_dir / "results").exists():
+        return 1  # stopped before any job (bad input, reported already): nothing to sum up
     (sweep_dir / "results").mkdir(parents=True, exist_ok=True)
     table = summary(sweep_dir)
     table.to_csv(sweep_dir / "summary.csv", index=False)
@@ -358,9 +360,44 @@ def _close_parent(uri: str, parent: str, sweep_dir: Path, table: pd.DataFrame, s
     client = tr.connect(uri)
     try:
         client.log_artifact(parent, str(sweep_dir / "summary.csv"))
+        if (sweep_dir / "protocol" / "protocol.json").exists():
+            _log_protocol(client, parent, sweep_dir / "protocol")
         try:
             report.log_sweep(client, parent, sweep_dir, table)
         except Exception as exc:
             print(f"warning: no sweep report: {type(exc).__name__}: {exc}", file=sys.stderr)
     finally:
         client.set_terminated(parent, status=status)
+
+
+def _log_protocol(client, parent: str, folder: Path) -> None:
+    """The protocol on the parent run: its settings as ``protocol.*`` params, each arm's chosen
+    setting as ``chosen.<arm>.<key>`` params, the best arm as the tag ``bpexp.protocol.best``,
+    and the files (``protocol.json``, ``tune.csv``, ``chosen.csv``, ``final_table.csv``) as
+    artifacts under ``protocol/``."""
+    import re
+
+    from mlflow.entities import Param, RunTag
+
+    plan = json.loads((folder / "protocol.json").read_text())
+    params = {
+        f"protocol.{key}": value for key, value in plan["settings"].items() if key != "search"
+    }
+    params |= {f"protocol.search.{key}": text for key, text in plan["search"].items()}
+    tags = {}
+    if (folder / "chosen.csv").exists():
+        chosen = pd.read_csv(folder / "chosen.csv")
+        keys = [c for c in chosen.columns if c not in ("arm", "setting", "score", "seeds")]
+        for row in chosen.to_dict("records"):
+            arm = re.sub(r"[^\w.:/-]+", "_", str(row["arm"]))
+            params |= {f"chosen.{arm}.{key}": row[key] for key in keys}
+    if (folder / "final_table.csv").exists():
+        table = pd.read_csv(folder / "final_table.csv")
+        if len(table):
+            tags["bpexp.protocol.best"] = str(table.loc[0, "arm"])
+    client.log_batch(
+        parent,
+        params=[Param(k, str(v)[:6000]) for k, v in params.items()],
+        tags=[RunTag(k, v) for k, v in tags.items()],
+    )
+    client.log_artifacts(parent, str(folder), "protocol")
