@@ -455,12 +455,18 @@ def compare(
     *,
     by: Sequence[str] = ARM_COLUMNS,
     over: Sequence[str] = SETTING_COLUMNS,
-    metric: str = "val/loss",
+    metric: str = "val/accuracy",
     target_loss: float | None = None,
     target_accuracy: float | None = None,
     seed: str = "seed",
+    direction: str | None = None,
 ) -> pd.DataFrame:
     """One row per arm, best arm first: its best setting and the statistics over seeds there.
+
+    ``metric`` ranks (the yardstick): higher is better for an accuracy, lower for anything else,
+    unless ``direction`` ("maximize" or "minimize") says otherwise. Ranking by a loss across
+    arms whose ``cost.name`` differs raises ValueError: losses of different costs are different
+    quantities. The ``ranked_by`` column says which metric ranked the table.
 
     An arm is a value of the ``by`` columns (plus ``optimizer.bias_correction`` when it
     varies); a setting a value of the ``over`` columns. The best setting has the lowest mean of
@@ -480,10 +486,26 @@ def compare(
     """
     if metric not in runs_frame.columns and not runs_frame.empty:
         raise ValueError(f"metric {metric!r} is not a column of the runs frame")
+    direction = direction or ("maximize" if metric.endswith("accuracy") else "minimize")
+    if direction not in ("maximize", "minimize"):
+        raise ValueError(f"direction={direction!r}; allowed: maximize, minimize")
+    sign = -1.0 if direction == "maximize" else 1.0  # ranks on sign * metric, lower is better
+    if (
+        metric.endswith("loss")
+        and "cost.name" in runs_frame.columns
+        and runs_frame["cost.name"].nunique() > 1
+    ):
+        costs = ", ".join(sorted(runs_frame["cost.name"].dropna().astype(str).unique()))
+        raise ValueError(
+            f"metric={metric!r} would rank runs with different costs ({costs}) by their losses, "
+            "which are different quantities; rank by an accuracy (metric='val/accuracy')"
+        )
     if (target_loss is not None or target_accuracy is not None) and history_frame is None:
         raise ValueError("target_loss / target_accuracy need history_frame (analysis.history)")
-    accuracy = metric.removesuffix("/loss") + "/accuracy" if metric.endswith("/loss") else None
-    if accuracy not in runs_frame.columns:
+    split = metric.rsplit("/", 1)[0]
+    # Shown beside the yardstick: the split's accuracy when ranking by a loss, and vice versa.
+    accuracy = f"{split}/accuracy" if metric.endswith("loss") else f"{split}/loss"
+    if accuracy not in runs_frame.columns or accuracy == metric:
         accuracy = None
     by = arm_columns(runs_frame, by)
     over = [c for c in over if c in runs_frame.columns]
@@ -491,19 +513,21 @@ def compare(
     for kind, target in (("loss", target_loss), ("accuracy", target_accuracy)):
         if target is not None:
             stats += [f"epochs_to_target_{kind}", f"target_{kind}_reached"]
-    columns = ["arm", *by, *over, "seeds", *stats, "runs", "diverged", "failed"]
+    columns = ["arm", "ranked_by", *by, *over, "seeds", *stats, "runs", "diverged", "failed"]
     columns += ["diff_vs_best_mean", "diff_vs_best_ci95", "paired_seeds", "run_ids"]
     if runs_frame.empty:
         return pd.DataFrame(columns=columns)
     frame = runs_frame.copy()
     frame["arm"] = label_arms(frame, by)
     score = frame[metric].astype(float)
-    frame["_score"] = score.where(np.isfinite(score) & (frame["outcome"] != "diverged"), np.inf)
+    good = np.isfinite(score) & (frame["outcome"] != "diverged")
+    frame["_score"] = (sign * score).where(good, np.inf)
     frame["_setting"] = frame[over].astype(str).agg("|".join, axis=1) if over else ""
 
     rows, per_seed = [], {}
     for arm, group in frame.groupby("arm", sort=False):
-        row: dict[str, object] = {"arm": arm, **group.iloc[0][by].to_dict()}
+        row: dict[str, object] = {"arm": arm, "ranked_by": f"{metric} ({direction})"}
+        row |= group.iloc[0][by].to_dict()
         scored = group[group["outcome"].isin(SCORED_OUTCOMES)]
         row |= {
             "runs": len(group),
@@ -517,7 +541,7 @@ def compare(
         best = scored[scored["_setting"] == means.idxmin()]
         row |= best.iloc[0][over].to_dict()
         seeds = best[seed] if seed in best.columns else pd.Series(0, index=best.index)
-        per_seed[arm] = best.groupby(seeds)["_score"].mean()
+        per_seed[arm] = sign * best.groupby(seeds)["_score"].mean()
         row["seeds"] = len(per_seed[arm])
         mean, std, ci = mean_std_ci(per_seed[arm])
         row |= {f"{metric}_mean": mean, f"{metric}_std": std, f"{metric}_ci95": ci}
@@ -526,19 +550,21 @@ def compare(
             row |= {f"{accuracy}_mean": mean, f"{accuracy}_std": std, f"{accuracy}_ci95": ci}
         run_seeds = pd.Series(seeds.to_numpy(), index=best["run_id"].to_numpy())
         if target_loss is not None:
-            epochs, reached = _epochs_to(history_frame, run_seeds, metric, target_loss, True)
+            epochs, reached = _epochs_to(
+                history_frame, run_seeds, f"{split}/loss", target_loss, True
+            )
             row |= {"epochs_to_target_loss": epochs, "target_loss_reached": reached}
         if target_accuracy is not None:
-            metric_acc = accuracy or "val/accuracy"
             epochs, reached = _epochs_to(
-                history_frame, run_seeds, metric_acc, target_accuracy, False
+                history_frame, run_seeds, f"{split}/accuracy", target_accuracy, False
             )
             row |= {"epochs_to_target_accuracy": epochs, "target_accuracy_reached": reached}
         row["run_ids"] = tuple(best["run_id"])
         rows.append(row)
 
     table = pd.DataFrame(rows, columns=columns)
-    table = table.sort_values(f"{metric}_mean", kind="stable", na_position="last")
+    table["_rank"] = sign * table[f"{metric}_mean"].astype(float)
+    table = table.sort_values("_rank", kind="stable", na_position="last").drop(columns="_rank")
     table = table.reset_index(drop=True)
     best_arm = table.loc[0, "arm"]
     diffs = []

@@ -64,6 +64,10 @@ def parent_metric_key(metric: str, arm: str) -> str:
     return f"sweep/{metric}/{clean}"
 
 
+def _better(metric: str) -> str:
+    return "higher" if metric.endswith("accuracy") else "lower"
+
+
 def _format(value: object, digits: int = 4) -> str:
     if isinstance(value, float | np.floating):
         if math.isnan(value):
@@ -88,7 +92,8 @@ def display_table(
     """The comparison as text for reading: the best ``over`` setting per arm, means with their
     95% CI, the epochs to targets, counts, and (``paired``) the paired difference against the
     best arm."""
-    accuracy = metric.removesuffix("/loss") + "/accuracy"
+    split = metric.rsplit("/", 1)[0]
+    accuracy = f"{split}/accuracy" if metric.endswith("loss") else f"{split}/loss"
     out = pd.DataFrame({"arm": comparison["arm"]})
     names = comparison.get("optimizer.name", pd.Series("", index=comparison.index))
     for column in over:
@@ -187,12 +192,17 @@ def write_report(
 
     ``runs``: a runs frame (:func:`bpexp.analysis.runs`), ``history``: their history frame
     (columns ``run_id, metric, step, value``). Arms and settings come from what the sweep
-    varied (:func:`bpexp.analysis.settings_varied`). ``metric`` ranks the settings: by default
-    ``val/loss``, or ``train/loss`` when the data set has no validation split.
+    varied (:func:`bpexp.analysis.settings_varied`). ``metric`` ranks the settings (the
+    yardstick): by default the first of ``val/accuracy``, ``train/accuracy``, ``val/loss``,
+    ``train/loss`` that the runs logged (losses only for regression data).
     """
     if metric is None:
-        has_val = "val/loss" in runs.columns and runs["val/loss"].notna().any()
-        metric = "val/loss" if has_val else "train/loss"
+        logged = [
+            m
+            for m in ("val/accuracy", "train/accuracy", "val/loss", "train/loss")
+            if m in runs.columns and runs[m].notna().any()
+        ]
+        metric = logged[0] if logged else "val/loss"
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     by, over = analysis.settings_varied(runs)
@@ -224,31 +234,21 @@ def write_report(
     for name, figure in figures.items():
         figure.savefig(out / name, dpi=90)
     counts = runs["outcome"].value_counts().to_dict()
-    # Losses of different costs are on different scales: ranking arms by them means nothing.
-    comparable = "cost.name" not in by
-    caveat = (
-        []
-        if comparable
-        else [
-            f"- cost.name differs between arms: their {metric} values are on different scales,"
-            " so compare arms by accuracy; the best setting within each arm still holds"
-        ]
-    )
     lines = [
         f"# {title}",
         "",
         *[f"- {note}" for note in notes],
         f"- runs: {len(runs)} (" + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + ")",
         f"- arms: {', '.join(by) or '(one)'}; best setting over {', '.join(over) or '(none)'}"
-        f" by the mean final {metric} over seeds (a diverged run counts as +inf)",
+        f" by the mean final {metric} over seeds ({_better(metric)} is better; a diverged run"
+        " counts as worst)",
         "- learning-rate convention: `optimizer.lr` as each form defines it; at the same lr,"
         " classical momentum and Nesterov take 1/(1 - beta) times longer steps than SGD,"
         " and EMA(lr, beta) equals classical(lr (1 - beta)) (SCIENCE.md)",
-        *caveat,
         "",
         "## Comparison",
         "",
-        markdown_table(display_table(comparison, over, metric, paired=comparable)),
+        markdown_table(display_table(comparison, over, metric)),
         "",
         "95% CI: Student t with n - 1 degrees of freedom over seeds. Δ vs best: the per-seed"
         f" difference of the final {metric} against the best arm (both at their best setting),"

@@ -38,13 +38,15 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 300, module: str = "bpe
 
 
 def tiny_optimizers_sweep(folder: Path) -> dict:
-    """Run the ``optimizers`` sweep shrunk to 3 optimizers x lr {0.3, 1.0} x seeds {0, 1},
-    2 epochs (12 runs under one parent) into a fresh SQLite store in ``folder``."""
+    """Run the ``optimizers`` sweep as a plain grid (its protocol switched off) shrunk to
+    3 optimizers x lr {0.3, 1.0} x seeds {0, 1}, 2 epochs (12 runs under one parent) into a
+    fresh SQLite store in ``folder``."""
     from mlflow import MlflowClient
 
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
-    args = ["sweep=optimizers", "optimizer.lr=0.3,1.0", "seed=0,1", "trainer.epochs=2"]
+    args = ["sweep=optimizers", "hydra.sweeper.protocol=null", "optimizer.lr=0.3,1.0", "seed=0,1"]
+    args.append("trainer.epochs=2")
     out = run_cli([*args, f"tracking.uri={uri}"], cwd=folder)
     assert out.returncode == 0, out.stderr[-3000:]
     (summary,) = folder.glob("multirun/*/*/summary.csv")

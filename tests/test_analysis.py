@@ -154,7 +154,7 @@ def _by_hand(frame: pd.DataFrame, name: str) -> dict:
 
 @pytest.mark.slow
 def test_compare_matches_a_hand_computation(frame, hist):
-    table = analysis.compare(frame, hist)
+    table = analysis.compare(frame, hist, metric="val/loss")
     assert len(table) == 3 and set(table["arm"]) == ARMS
     hand = {name: _by_hand(frame, name) for name in ("sgd", "momentum", "nesterov")}
     assert list(table["val/loss_mean"]) == sorted(table["val/loss_mean"])  # best arm first
@@ -184,7 +184,9 @@ def test_compare_matches_a_hand_computation(frame, hist):
 def test_compare_epochs_to_target(frame, hist):
     val = hist[hist["metric"] == "val/loss"]
     target = float(np.median(val.loc[val["step"] > 0, "value"]))
-    table = analysis.compare(frame, hist, target_loss=target, target_accuracy=0.0)
+    table = analysis.compare(
+        frame, hist, metric="val/loss", target_loss=target, target_accuracy=0.0
+    )
     for _, row in table.iterrows():
         firsts = []
         for run_id in row["run_ids"]:
@@ -197,7 +199,7 @@ def test_compare_epochs_to_target(frame, hist):
         else:
             assert math.isnan(row["epochs_to_target_loss"])
         assert row["epochs_to_target_accuracy"] == 0.0  # accuracy >= 0 at initialisation
-    never = analysis.compare(frame, hist, target_loss=0.0)
+    never = analysis.compare(frame, hist, metric="val/loss", target_loss=0.0)
     assert never["epochs_to_target_loss"].isna().all()
     assert (never["target_loss_reached"] == 0).all()
     with pytest.raises(ValueError, match="history_frame"):
@@ -236,7 +238,7 @@ def _synthetic() -> pd.DataFrame:
 
 
 def test_compare_counts_divergence_and_pairs_only_shared_seeds():
-    table = analysis.compare(_synthetic()).set_index("arm")
+    table = analysis.compare(_synthetic(), metric="val/loss").set_index("arm")
     assert list(table.index) == ["momentum/ema+bc", "momentum/ema", "sgd"]
     assert "optimizer.bias_correction" in table.columns  # it varies, so it makes arms
     ema = table.loc["momentum/ema"]
@@ -316,3 +318,24 @@ def test_settings_varied_finds_the_swept_params(frame):
     assert over == ["optimizer.lr", "optimizer.beta"]
     batch = frame.assign(**{"trainer.batch_size": np.where(frame["seed"] == 0, 10, 100)})
     assert analysis.settings_varied(batch)[0][-1] == "trainer.batch_size"
+
+
+def test_compare_ranks_by_accuracy_by_default_and_refuses_losses_of_different_costs():
+    frame = _synthetic()
+    frame["val/accuracy"] = 1.0 - frame["val/loss"]  # best loss = best accuracy here
+    by_accuracy = analysis.compare(frame)
+    by_loss = analysis.compare(frame, metric="val/loss")
+    assert list(by_accuracy["arm"]) == list(by_loss["arm"])
+    assert set(by_accuracy["ranked_by"]) == {"val/accuracy (maximize)"}
+    assert set(by_loss["ranked_by"]) == {"val/loss (minimize)"}
+    # Means in the metric's own units: 1 - the loss mean, by hand.
+    np.testing.assert_allclose(
+        by_accuracy["val/accuracy_mean"], 1.0 - by_loss["val/loss_mean"], rtol=1e-12
+    )
+    np.testing.assert_allclose(
+        by_accuracy["diff_vs_best_mean"], -by_loss["diff_vs_best_mean"], rtol=1e-12
+    )
+    frame["cost.name"] = ["quadratic"] * (len(frame) - 1) + ["cross_entropy"]
+    with pytest.raises(ValueError, match="different costs"):
+        analysis.compare(frame, metric="val/loss")
+    assert len(analysis.compare(frame)) == 3  # accuracy is one quantity under every cost
