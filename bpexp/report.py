@@ -459,18 +459,21 @@ def write_protocol_report(
         winner = (
             f"**Answer:** {best['arm']} ranks first by final {protocol.yardstick} "
             f"({_pm(best['mean'], best['ci95'])}, n={best['seeds']}), ahead of {second['arm']} "
-            f"by {_format(d)} ± {_format(h, 2)} (paired over {second['paired_seeds']} confirm seeds); {sure}."
+            f"by {_format(d)} ± {_format(h, 2)} (paired over {second['paired_seeds']} confirm "
+            f"seeds); {sure}."
         )
     lines = [
         f"# {title}",
         "",
         *[f"- {note}" for note in notes],
-        f"- protocol (docs/protocol.md): {n_arms} arms; tune: {', '.join(f'{a} {n} runs' for a, n in per_arm.items())}"
-        f" (the same budget each), on tuning seeds {sorted(tune['seed'].unique().tolist())};"
+        f"- protocol (docs/protocol.md): {n_arms} arms; tune: "
+        + ", ".join(f"{a} {n} runs" for a, n in per_arm.items())
+        + f" (the same budget each), on tuning seeds {sorted(tune['seed'].unique().tolist())};"
         f" confirm: each arm's best setting on seeds {sorted(confirm['seed'].unique().tolist())}",
-        f"- ranked by final {protocol.yardstick} ({protocol.direction}); a setting's score is its mean"
-        " over the tuning seeds, a diverged run counting as worst",
-        "- effective step: η/(1−β) for classical momentum and Nesterov, η otherwise (docs/science.md)",
+        f"- ranked by final {protocol.yardstick} ({protocol.direction}); a setting's score is its"
+        " mean over the tuning seeds, a diverged run counting as worst",
+        "- effective step: η/(1−β) for classical momentum and Nesterov, η otherwise"
+        " (docs/science.md)",
         "",
         winner,
         "",
@@ -478,8 +481,8 @@ def write_protocol_report(
         "",
         markdown_table(protocol_display(protocol, table)) if len(table) else "(no confirm runs)",
         "",
-        "95% CI: Student t with n − 1 degrees of freedom over the confirm seeds. Δ vs best: per-seed"
-        " difference against the first arm, over the seeds both completed (same seed = same initial"
+        "95% CI: Student t with n − 1 degrees of freedom over the confirm seeds. Δ vs best:"
+        " per-seed difference against the first arm, over the seeds both completed (same seed = same initial"
         " weights and mini-batches). Time to target: a seed that never reached it counts as ∞.",
         "Numbers: [final_table.csv](final_table.csv); every run: [runs.csv](runs.csv).",
         "",

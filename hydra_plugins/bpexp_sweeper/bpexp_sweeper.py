@@ -150,7 +150,7 @@ class BpexpSweeper(Sweeper):
         chosen.to_csv(folder / "chosen.csv", index=False)
         confirm_jobs = [
             Job(arm, -1, seed, [*fixed, *arms[arm], *self._setting(protocol, row), f"seed={seed}"])
-            for arm, row in zip(chosen["arm"], chosen.to_dict("records"))
+            for arm, row in zip(chosen["arm"], chosen.to_dict("records"), strict=True)
             for seed in protocol.confirm_seeds
         ]
         print(f"protocol: confirm stage, {len(confirm_jobs)} runs", flush=True)
@@ -193,8 +193,8 @@ class BpexpSweeper(Sweeper):
     # -------------------------------------------------------------------------- arms
 
     def _arms(self, protocol: proto.Protocol, arguments: list[str]):
-        """``(protocol, fixed overrides, {arm label: its overrides})`` from ``params`` and the command
-        line (which wins). A swept key is an arm key, unless it is a search key: then its
+        """``(protocol, fixed overrides, {arm label: its overrides})`` from ``params`` and the
+        command line (which wins). A swept key is an arm key, unless it is a search key: then its
         values replace that key's search space."""
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         overrides = parser.parse_overrides([*self._parse_config(), *arguments])
