@@ -483,7 +483,8 @@ def write_protocol_report(
         "",
         "95% CI: Student t with n − 1 degrees of freedom over the confirm seeds. Δ vs best:"
         " per-seed difference against the first arm, over the seeds both completed (same seed"
-        " = same initial weights and mini-batches). Time to target: a seed that never reached it counts as ∞.",
+        " = same initial weights and mini-batches). Time to target: a seed that never reached"
+        " it counts as ∞.",
         "Numbers: [final_table.csv](final_table.csv); every run: [runs.csv](runs.csv).",
         "",
         "## Figures",
