@@ -48,6 +48,7 @@ RUN_COLUMNS = [
     "stage",
     "status",
     "start_time",
+    "end_time",
     "artifact_uri",
 ]
 # An arm is one update rule; a setting is one point of the grid searched for that rule.
@@ -174,6 +175,7 @@ def runs_frame(found: Iterable[Run]) -> pd.DataFrame:
                 "stage": tags.get("bpexp.stage"),
                 "status": run.info.status,
                 "start_time": pd.to_datetime(run.info.start_time, unit="ms"),
+                "end_time": pd.to_datetime(run.info.end_time, unit="ms"),
                 "artifact_uri": run.info.artifact_uri,
                 "_kind": tags.get("bpexp.kind"),
             }
@@ -208,7 +210,7 @@ def runs(
     0.3, "seed": [0, 1]}`` (a list means any of), matched on the typed values.
 
     Columns: :data:`RUN_COLUMNS` (``run_id, run_name, parent_run_id, sweep, outcome, status,
-    start_time, artifact_uri``; ``start_time`` in UTC), then every
+    start_time, end_time, artifact_uri``; times in UTC, ``end_time`` NaT while running), then every
     param by its dotted key (``optimizer.lr`` float, ``seed`` int, ``optimizer.bias_correction``
     bool, ``network.hidden`` JSON text), then the final (last-step) value of every metric
     (``val/loss``, ``test/accuracy``, ``grad_norm/b1``, ...). Sweep parent runs are left out

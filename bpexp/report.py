@@ -31,6 +31,7 @@ from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
 from bpexp import analysis, plots
+from bpexp import figures as figures_module
 from bpexp import protocol as proto
 from bpexp.tracking import BATCH_LIMIT
 
@@ -186,6 +187,7 @@ def write_report(
     metric: str | None = None,
     target_loss: float | None = None,
     target_accuracy: float | None = None,
+    sweep: str | None = None,
 ) -> Report:
     """Write ``index.md``, ``comparison.csv``, ``runs.csv`` and the plots (:data:`PLOT_FILES`)
     into ``out``.
@@ -231,6 +233,8 @@ def write_report(
         "grad_norm.png": plots.arm_grad_norms(curves, plots.new_axes(8, 5)),
         "saturation.png": plots.arm_saturation(curves, plots.new_axes(8, height)),
     }
+    extra = figures_module.sections(sweep, runs.assign(arm=analysis.label_arms(runs, by)), history)
+    figures |= {s.file: s.figure for s in extra if s.figure is not None}
     for name, figure in figures.items():
         figure.savefig(out / name, dpi=90)
     counts = runs["outcome"].value_counts().to_dict()
@@ -260,6 +264,7 @@ def write_report(
     ]
     for name, caption in PLOT_FILES.items():
         lines += [f"### {caption}", "", f"![{caption}]({name})", ""]
+    lines += _section_lines(extra)
     index = out / "index.md"
     index.write_text("\n".join(lines))
     return Report(index, comparison, curves)
@@ -390,8 +395,33 @@ def protocol_display(protocol: proto.Protocol, table: pd.DataFrame) -> pd.DataFr
     return out
 
 
+MAX_LINES = 6  # lines a panel holds and stays readable; more arms get small multiples
+
+
+def _panels(n: int, width: float = 3.6, height: float = 3.0) -> tuple[plots.Figure, list]:
+    """A figure of ``n`` small panels, four a row, sharing both axes."""
+    columns = min(n, 4)
+    rows = math.ceil(n / columns)
+    fig = plots.Figure(figsize=(width * columns + 1.5, height * rows + 0.6), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, columns, sharex=True, sharey=True)).ravel()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, list(axes[:n])
+
+
 def _sensitivity_figure(tune: pd.DataFrame, protocol: proto.Protocol) -> plots.Figure:
-    """Final yardstick against the learning rate (left) and the effective step (right)."""
+    """Final yardstick against the learning rate and against the effective step; with more
+    arms than a panel holds, one small panel per arm against the lr."""
+    arms = list(dict.fromkeys(tune["arm"]))
+    if len(arms) > MAX_LINES:
+        fig, axes = _panels(len(arms))
+        for ax, arm in zip(axes, arms, strict=True):
+            plots.lr_sensitivity(tune[tune["arm"] == arm], ax, metric=protocol.yardstick)
+            ax.get_legend().remove()
+            ax.set_title(arm, fontsize="small")
+            ax.set_xlabel("optimizer.lr")
+        fig.suptitle(f"Tuning runs: final {protocol.yardstick} against the lr, one panel per arm")
+        return fig
     fig = plots.Figure(figsize=(11, 4.2), layout="constrained")
     left, right = fig.subplots(1, 2, sharey=True)
     for ax, x in ((left, "optimizer.lr"), (right, "effective_step")):
@@ -406,6 +436,31 @@ def _sensitivity_figure(tune: pd.DataFrame, protocol: proto.Protocol) -> plots.F
     return fig
 
 
+def _curves_figure(
+    curves: pd.DataFrame, metrics: tuple[str, ...], title: str, target: float | None = None
+) -> plots.Figure:
+    """Per arm, ``metrics`` over epochs (mean ± 1 std over the confirm seeds): one panel for
+    up to :data:`MAX_LINES` lines, else one small panel per arm."""
+    arms = list(dict.fromkeys(curves["arm"]))
+    if len(arms) * len(metrics) > MAX_LINES:
+        fig, axes = _panels(len(arms))
+        for ax, arm in zip(axes, arms, strict=True):
+            plots.arm_curves(curves[curves["arm"] == arm], ax, metrics=metrics)
+            ax.get_legend().remove()
+            ax.set_title(arm, fontsize="small")
+            if target is not None:
+                ax.axhline(target, color="grey", linestyle=":", linewidth=1)
+        fig.suptitle(title)
+        return fig
+    ax = plots.new_axes(8, 4.5)
+    plots.arm_curves(curves, ax, metrics=metrics)
+    if target is not None:
+        ax.axhline(target, color="grey", linestyle=":", linewidth=1, label="target")
+    ax.set_title(title)
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return ax.figure
+
+
 def write_protocol_report(
     runs: pd.DataFrame,
     history: pd.DataFrame,
@@ -414,6 +469,7 @@ def write_protocol_report(
     *,
     title: str,
     notes: Sequence[str] = (),
+    sweep: str | None = None,
 ) -> Report:
     """The report of a tune-then-confirm sweep: the final table over the confirm runs and the
     figures that answer it (sensitivity over the tuning runs, curves of the confirm runs)."""
@@ -430,19 +486,22 @@ def write_protocol_report(
     curves = history.drop(columns="arm", errors="ignore").merge(
         confirm[["run_id", "arm"]], on="run_id"
     )
-    figures = {"lr_sensitivity.png": _sensitivity_figure(tune, protocol)}
-    ax = plots.new_axes(8, 4.5)
-    plots.arm_curves(curves, ax, metrics=(protocol.yardstick,))
-    if protocol.target is not None:
-        ax.axhline(protocol.target, color="grey", linestyle=":", linewidth=1, label="target")
-    ax.set_title(f"confirm runs: {protocol.yardstick}, mean over seeds ± 1 std")
-    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    figures["confirm_curves.png"] = ax.figure
-    ax = plots.new_axes(8, 4.5)
-    plots.arm_curves(curves, ax)
-    ax.set_title("confirm runs: train (dashed) and validation (solid) loss")
-    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    figures["loss_curves.png"] = ax.figure
+    figures = {
+        "lr_sensitivity.png": _sensitivity_figure(tune, protocol),
+        "confirm_curves.png": _curves_figure(
+            curves,
+            (protocol.yardstick,),
+            f"Confirm runs: {protocol.yardstick}, mean over seeds ± 1 std",
+            protocol.target,
+        ),
+        "loss_curves.png": _curves_figure(
+            curves,
+            ("train/loss", "val/loss"),
+            "Confirm runs: train (dashed) and validation (solid) loss",
+        ),
+    }
+    extra = figures_module.sections(sweep, frame, history)
+    figures |= {s.file: s.figure for s in extra if s.figure is not None}
     for name, figure in figures.items():
         figure.savefig(out / name, dpi=90)
     n_arms = table["arm"].nunique() if len(table) else 0
@@ -501,10 +560,21 @@ def write_protocol_report(
         "",
         "![Loss per epoch](loss_curves.png)",
         "",
+        *_section_lines(extra),
     ]
     index = out / "index.md"
     index.write_text("\n".join(lines))
     return Report(index, table, curves)
+
+
+def _section_lines(sections: Sequence[figures_module.Section]) -> list[str]:
+    lines = []
+    for section in sections:
+        lines += [f"### {section.title}", ""]
+        if section.file:
+            lines += [f"![{section.title}]({section.file})", ""]
+        lines += [*section.text, ""]
+    return lines
 
 
 def parent_metrics(curves: pd.DataFrame, timestamp: int | None = None) -> list[Metric]:
@@ -567,7 +637,7 @@ def log_sweep(
             runs, history, out, protocol, title=f"Sweep `{name}`", notes=notes
         )
     else:
-        report = write_report(runs, history, out, title=f"Sweep `{name}`", notes=notes)
+        report = write_report(runs, history, out, title=f"Sweep `{name}`", notes=notes, sweep=name)
     client.log_artifacts(parent, str(out), REPORT_ARTIFACT_PATH)
     _log_metrics(client, parent, parent_metrics(report.curves))
     print(f"report: {report.index}", flush=True)
@@ -608,7 +678,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     protocol = protocol_settings(client, parent)
     if protocol is not None and (runs["stage"] == "confirm").any():
         report = write_protocol_report(
-            runs, history, out, protocol, title=f"Sweep `{name}`", notes=notes
+            runs, history, out, protocol, title=f"Sweep `{name}`", notes=notes, sweep=name
         )
     else:
         report = write_report(
@@ -619,6 +689,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             notes=notes,
             target_loss=args.target_loss,
             target_accuracy=args.target_accuracy,
+            sweep=name,
         )
     if not args.no_log:
         client.log_artifacts(parent, str(out), REPORT_ARTIFACT_PATH)

@@ -1,0 +1,366 @@
+"""The figures each named sweep declares: the answer to its question, drawn for that question.
+
+:data:`SWEEP_FIGURES` maps a sweep name (``sweeps/sweep/<name>.yaml``) to a function that
+takes the sweep's runs (a runs frame with ``arm`` and ``stage`` columns,
+:func:`bpexp.analysis.runs`) and their history (``run_id, metric, step, value``) and returns
+report sections: a title, a figure, lines of Markdown. :mod:`bpexp.report` puts them in the
+sweep's report after its table. To give a new sweep its figures, write one function here and
+add it to :data:`SWEEP_FIGURES` (see docs/where-to-add.md).
+
+Every figure stays readable: at most about six lines a panel, small multiples beyond that,
+legends outside the data.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from bpexp import plots
+
+
+@dataclass
+class Section:
+    """One part of a sweep's report: a title, then a figure (saved as ``file``) and text."""
+
+    title: str
+    file: str | None = None
+    figure: Figure | None = None
+    text: list[str] = field(default_factory=list)
+
+
+def _confirm(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs that report (a protocol's confirm runs; every run of a plain sweep)."""
+    if "stage" in runs.columns and (runs["stage"] == "confirm").any():
+        return runs[runs["stage"] == "confirm"]
+    return runs
+
+
+def _mean_curve(history: pd.DataFrame, run_ids, metric: str) -> pd.Series:
+    rows = history[history["run_id"].isin(list(run_ids)) & (history["metric"] == metric)]
+    return rows.groupby("step")["value"].mean()
+
+
+def _legend_outside(fig: Figure, ax) -> None:
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside right upper", fontsize="small")
+
+
+def _hidden_layers(value) -> list[int]:
+    return list(json.loads(value)) if isinstance(value, str) else list(value)
+
+
+# ----------------------------------------------------------------------------------- depth
+
+
+def depth(runs: pd.DataFrame, history: pd.DataFrame) -> list[Section]:
+    """Nielsen's chapter-5 figure and the layer speeds over epochs."""
+    frame = _confirm(runs).copy()
+    frame["depth"] = frame["network.hidden"].map(lambda v: len(_hidden_layers(v)))
+    activations = sorted(frame["network.activation"].unique())
+    depths = sorted(frame["depth"].unique())
+    colors = plots.arm_colors([f"{d}" for d in depths])
+
+    fig = Figure(figsize=(4.2 * len(activations) + 1.5, 3.8), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(activations), sharey=True))
+    for ax, activation in zip(axes, activations, strict=True):
+        for d in depths:
+            ids = frame.loc[(frame["network.activation"] == activation) & (frame["depth"] == d)]
+            norms = [
+                _mean_curve(history, ids["run_id"], f"grad_norm/b{layer}").get(0, np.nan)
+                for layer in range(1, d + 1)
+            ]
+            ax.plot(range(1, d + 1), norms, marker="o", color=colors[f"{d}"], label=f"{d} hidden")
+        ax.set_yscale("log")
+        ax.set_xticks(range(1, max(depths) + 1))
+        ax.set_xlabel("hidden layer l")
+        ax.set_title(activation)
+    axes[0].set_ylabel("‖∂C/∂b^l‖ at initialisation")
+    fig.suptitle("Gradient norm per hidden layer at initialisation (mean over confirm seeds)")
+    _legend_outside(fig, axes[0])
+
+    over = Figure(
+        figsize=(3.2 * len(depths) + 1.5, 2.8 * len(activations) + 0.6), layout="constrained"
+    )
+    grid = np.atleast_2d(over.subplots(len(activations), len(depths), sharex=True, sharey=True))
+    layer_colors = plots.arm_colors([f"layer {l}" for l in range(1, max(depths) + 1)])
+    for i, activation in enumerate(activations):
+        for j, d in enumerate(depths):
+            ax = grid[i, j]
+            ids = frame.loc[(frame["network.activation"] == activation) & (frame["depth"] == d)]
+            for layer in range(1, d + 1):
+                curve = _mean_curve(history, ids["run_id"], f"grad_norm/b{layer}")
+                ax.plot(
+                    curve.index,
+                    curve.to_numpy(),
+                    color=layer_colors[f"layer {layer}"],
+                    label=f"layer {layer}",
+                )
+            ax.set_yscale("log")
+            ax.set_title(f"{activation}, {d} hidden", fontsize="medium")
+            if i == len(activations) - 1:
+                ax.set_xlabel("epoch")
+        grid[i, 0].set_ylabel("‖∂C/∂b^l‖")
+    over.suptitle("The hidden layers learn at different speeds: ‖∂C/∂b^l‖ over epochs")
+    _legend_outside(over, grid[-1, -1])
+
+    first = frame[frame["depth"] == max(depths)]
+    rows = []
+    for activation in activations:
+        ids = first.loc[first["network.activation"] == activation, "run_id"]
+        norms = [
+            _mean_curve(history, ids, f"grad_norm/b{layer}").get(0, np.nan)
+            for layer in range(1, max(depths) + 1)
+        ]
+        rows.append(
+            f"| {activation} | "
+            + " | ".join(f"{n:.3g}" for n in norms)
+            + f" | {norms[-1] / norms[0]:.3g} |"
+        )
+    header = " | ".join(f"layer {l}" for l in range(1, max(depths) + 1))
+    table = [
+        f"‖∂C/∂b^l‖ at initialisation, {max(depths)} hidden layers (mean over the confirm seeds):",
+        "",
+        f"| activation | {header} | last / first |",
+        "|---" * (max(depths) + 2) + "|",
+        *rows,
+    ]
+    return [
+        Section("Gradient norm per layer at initialisation", "grad_norm_at_init.png", fig, table),
+        Section("Gradient norm per layer over epochs", "grad_norm_over_epochs.png", over),
+    ]
+
+
+# ----------------------------------------------------------------------- cost_saturation
+
+
+def cost_saturation(runs: pd.DataFrame, history: pd.DataFrame) -> list[Section]:
+    """Learning from a saturated start: quadratic vs cross-entropy over the first epochs."""
+    frame = _confirm(runs)
+    costs = sorted(frame["cost.name"].unique())
+    colors = plots.arm_colors(costs)
+    fig = Figure(figsize=(13, 3.8), layout="constrained")
+    acc, rel, wrong = fig.subplots(1, 3)
+    output_layer = max(
+        (
+            int(m.rsplit("/", 1)[1])
+            for m in history["metric"].unique()
+            if m.startswith("wrong_saturation/")
+        ),
+        default=None,
+    )
+    for cost in costs:
+        ids = frame.loc[frame["cost.name"] == cost, "run_id"]
+        n = len(ids)
+        curve = _mean_curve(history, ids, "val/accuracy")
+        acc.plot(
+            curve.index, curve.to_numpy(), marker="o", color=colors[cost], label=f"{cost} (n={n})"
+        )
+        # Each run's loss relative to its own start: the two costs' losses are not one scale.
+        loss = history[history["run_id"].isin(ids) & (history["metric"] == "train/loss")]
+        start = loss[loss["step"] == 0].set_index("run_id")["value"]
+        relative = loss.assign(value=loss["value"] / loss["run_id"].map(start))
+        curve = relative.groupby("step")["value"].mean()
+        rel.plot(curve.index, curve.to_numpy(), marker="o", color=colors[cost])
+        if output_layer is not None:
+            curve = _mean_curve(history, ids, f"wrong_saturation/{output_layer}")
+            wrong.plot(curve.index, curve.to_numpy(), marker="o", color=colors[cost])
+    acc.set_title("val/accuracy")
+    rel.set_title("train/loss relative to its start")
+    wrong.set_title(f"outputs saturated at the wrong end (wrong_saturation/{output_layer})")
+    for ax in (acc, rel, wrong):
+        ax.set_xlabel("epoch")
+    fig.suptitle("Learning from a saturated start (N(0,1) weights), each cost at its tuned lr")
+    _legend_outside(fig, acc)
+    return [Section("Learning from a saturated start", "saturated_start.png", fig)]
+
+
+# ---------------------------------------------------------------------------- batch_size
+
+
+def batch_size(runs: pd.DataFrame, history: pd.DataFrame) -> list[Section]:
+    """Each batch size at its tuned lr: loss against epochs, updates, samples; time per epoch."""
+    frame = _confirm(runs).copy()
+    n_train = frame["data.n_train"].astype(float)
+    size = frame["trainer.batch_size"].astype(float)
+    frame["size"] = size.where(size.notna(), n_train)
+    frame["label"] = [
+        "full batch" if pd.isna(b) else f"batch {int(b)}" for b in frame["trainer.batch_size"]
+    ]
+    frame["updates_per_epoch"] = np.ceil(n_train / frame["size"])
+    labels = list(dict.fromkeys(frame.sort_values("size")["label"]))
+    colors = plots.arm_colors(labels)
+    fig = Figure(figsize=(15, 3.8), layout="constrained")
+    by_epoch, by_update, by_sample, seconds = fig.subplots(1, 4)
+    times = []
+    for label in labels:
+        rows = frame[frame["label"] == label]
+        curve = _mean_curve(history, rows["run_id"], "val/loss")
+        per_epoch = float(rows["updates_per_epoch"].iloc[0])
+        epochs = curve.index.to_numpy(dtype=float)
+        by_epoch.plot(epochs, curve.to_numpy(), color=colors[label], label=label)
+        by_update.plot(np.maximum(epochs * per_epoch, 1), curve.to_numpy(), color=colors[label])
+        by_sample.plot(
+            np.maximum(epochs * float(rows["data.n_train"].iloc[0]), 1),
+            curve.to_numpy(),
+            color=colors[label],
+        )
+        wall = (rows["end_time"] - rows["start_time"]).dt.total_seconds() / rows[
+            "trainer.epochs"
+        ].astype(float)
+        times.append(float(wall.mean()))
+    seconds.bar(range(len(labels)), times, color=[colors[label] for label in labels])
+    seconds.set_xticks(range(len(labels)), labels, rotation=20)
+    seconds.set_title("wall time per epoch (run time / epochs)")
+    seconds.set_ylabel("s")
+    for ax, x in (
+        (by_epoch, "epoch"),
+        (by_update, "updates (log)"),
+        (by_sample, "samples seen (log)"),
+    ):
+        ax.set_xlabel(x)
+        ax.set_ylabel("val/loss")
+    by_update.set_xscale("log")
+    by_sample.set_xscale("log")
+    fig.suptitle("Each batch size at its tuned lr: val/loss (mean over confirm seeds)")
+    _legend_outside(fig, by_epoch)
+    chosen = frame.groupby("label")["optimizer.lr"].first()
+    text = [
+        "| batch | tuned lr | updates per epoch | wall time per epoch (s) |",
+        "|---|---|---|---|",
+    ]
+    for label, t in zip(labels, times, strict=True):
+        per_epoch = int(frame.loc[frame["label"] == label, "updates_per_epoch"].iloc[0])
+        text.append(f"| {label} | {chosen[label]:g} | {per_epoch} | {t:.3g} |")
+    return [Section("Batch size: epochs, updates, samples, time", "batch_size.png", fig, text)]
+
+
+# ------------------------------------------------------------------------- momentum_beta
+
+
+def _form(row) -> str:
+    if row["optimizer.form"] == "classical":
+        return "classical"
+    return "ema+bc" if bool(row.get("optimizer.bias_correction")) else "ema"
+
+
+def momentum_beta(runs: pd.DataFrame, history: pd.DataFrame) -> list[Section]:
+    """A heat map over (lr, beta) per form, and classical vs EMA at matched lr (1 - beta)."""
+    tune = runs[runs["stage"] == "tune"] if "stage" in runs.columns else runs
+    tune = tune.copy()
+    tune["form"] = [_form(r) for r in tune.to_dict("records")]
+    tune["score"] = tune["val/accuracy"].where(tune["outcome"] == "completed")
+    means = tune.groupby(["form", "optimizer.beta", "optimizer.lr"])["score"].mean().reset_index()
+    forms = [f for f in ("classical", "ema", "ema+bc") if f in set(means["form"])]
+    lrs = sorted(means["optimizer.lr"].unique())
+    betas = sorted(means["optimizer.beta"].unique())
+    heat = Figure(figsize=(4.3 * len(forms) + 1.2, 3.4), layout="constrained")
+    axes = np.atleast_1d(heat.subplots(1, len(forms), sharey=True))
+    image = None
+    for ax, form in zip(axes, forms, strict=True):
+        grid = means[means["form"] == form].pivot(
+            index="optimizer.beta", columns="optimizer.lr", values="score"
+        )
+        grid = grid.reindex(index=betas, columns=lrs)
+        image = ax.imshow(
+            grid.to_numpy(), aspect="auto", origin="lower", vmin=0, vmax=1, cmap="viridis"
+        )
+        ax.set_xticks(range(len(lrs)), [f"{v:g}" for v in lrs], rotation=60, fontsize="small")
+        ax.set_yticks(range(len(betas)), [f"{b:g}" for b in betas])
+        ax.set_xlabel("optimizer.lr")
+        ax.set_title(form)
+        for (i, j), value in np.ndenumerate(grid.to_numpy()):
+            if np.isfinite(value):
+                ax.text(
+                    j,
+                    i,
+                    f"{value:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="white" if value < 0.6 else "black",
+                )
+    axes[0].set_ylabel("optimizer.beta")
+    heat.colorbar(image, ax=list(axes), label="val/accuracy (mean over tuning seeds)")
+    heat.suptitle("Tuning runs: val/accuracy over (lr, beta); blank = a seed diverged")
+
+    overlay = Figure(figsize=(4.3 * len(betas) + 1.5, 3.6), layout="constrained")
+    panels = np.atleast_1d(overlay.subplots(1, len(betas), sharey=True))
+    colors = plots.arm_colors(forms)
+    styles = {"classical": ("o", "-", 9), "ema": ("x", "--", 7), "ema+bc": ("+", ":", 7)}
+    for ax, beta in zip(panels, betas, strict=True):
+        for form in forms:
+            rows = means[(means["form"] == form) & (means["optimizer.beta"] == beta)]
+            scale = 1.0 if form == "classical" else 1.0 - beta
+            marker, line, size = styles[form]
+            ax.plot(
+                rows["optimizer.lr"] * scale,
+                rows["score"],
+                marker=marker,
+                linestyle=line,
+                markersize=size,
+                color=colors[form],
+                label=form,
+            )
+        ax.set_xscale("log")
+        ax.set_title(f"beta = {beta:g}")
+        ax.set_xlabel("classical lr: η (classical), η (1 − β) (EMA)")
+    panels[0].set_ylabel("val/accuracy (mean over tuning seeds)")
+    overlay.suptitle(
+        "Classical and EMA on one lr scale: where the points meet, the runs are identical"
+    )
+    _legend_outside(overlay, panels[0])
+    return [
+        Section("val/accuracy over (lr, beta)", "lr_beta_heatmap.png", heat),
+        Section("Classical vs EMA at matched lr (1 − beta)", "classical_vs_ema.png", overlay),
+    ]
+
+
+# ----------------------------------------------------------------------------- pixels3x4
+
+
+def pixels3x4(runs: pd.DataFrame, history: pd.DataFrame) -> list[Section]:
+    """The cost after 0, 1, 10 and 50 full-batch updates, as a book prints it."""
+    steps = [0, 1, 10, 50]
+    loss = history[history["run_id"].isin(runs["run_id"]) & (history["metric"] == "train/loss")]
+    table = loss[loss["step"].isin(steps)].pivot(index="run_id", columns="step", values="value")
+    seeds = runs.set_index("run_id")["seed"]
+    lines = [
+        "Quadratic cost (the mean over the 64 images) after full-batch updates; one update is"
+        " one epoch here.",
+        "",
+        "| seed | " + " | ".join(f"after {s} updates" for s in steps) + " | final train/accuracy |",
+        "|---" * (len(steps) + 2) + "|",
+    ]
+    accuracy = runs.set_index("run_id")["train/accuracy"]
+    for run_id in sorted(table.index, key=lambda r: seeds[r]):
+        cells = " | ".join(
+            f"{table.loc[run_id, s]:.4f}"
+            if s in table.columns and math.isfinite(table.loc[run_id, s])
+            else ""
+            for s in steps
+        )
+        lines.append(f"| {seeds[run_id]} | {cells} | {accuracy[run_id]:.3f} |")
+    return [Section("The cost after 0, 1, 10 and 50 updates", text=lines)]
+
+
+SWEEP_FIGURES: dict[str, Callable[[pd.DataFrame, pd.DataFrame], list[Section]]] = {
+    "depth": depth,
+    "cost_saturation": cost_saturation,
+    "batch_size": batch_size,
+    "momentum_beta": momentum_beta,
+    "pixels3x4": pixels3x4,
+}
+
+
+def sections(sweep: str | None, runs: pd.DataFrame, history: pd.DataFrame) -> list[Section]:
+    """The sections ``sweep`` declares (none for a sweep that declares none)."""
+    draw = SWEEP_FIGURES.get(sweep or "")
+    return draw(runs, history) if draw else []
