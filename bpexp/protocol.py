@@ -26,6 +26,7 @@ import pandas as pd
 
 from bpexp.errors import ConfigError, bad_value
 from bpexp.optimizer import effective_step
+from bpexp.statistics import mean_std_ci
 
 KEY = "hydra.sweeper.protocol"
 STAGES = ("tune", "confirm")
@@ -265,12 +266,11 @@ def median_iqr(values: Sequence[float]) -> tuple[float, float, float]:
     return float(q[0]), float(q[1]), float(q[2])
 
 
-def final_table(protocol: Protocol, confirmed: pd.DataFrame, ci) -> pd.DataFrame:
+def final_table(protocol: Protocol, confirmed: pd.DataFrame) -> pd.DataFrame:
     """The answer: one row per arm, best first, over the confirm runs.
 
     ``confirmed``: one row per confirm run with ``arm, seed, outcome, value`` (the final
     yardstick), ``epochs_to_target, steps_to_target`` (inf for a miss) and the setting columns.
-    ``ci``: ``values -> (mean, std, 95% CI half-width)`` (:func:`bpexp.analysis.mean_std_ci`).
 
     Columns: ``arm``, the setting, ``effective_step``, ``seeds``, ``mean, std, ci95`` of the
     yardstick over the seeds that completed, ``diff_vs_best_mean/_ci95`` (paired by seed, over
@@ -284,7 +284,7 @@ def final_table(protocol: Protocol, confirmed: pd.DataFrame, ci) -> pd.DataFrame
         values = done.set_index("seed")["value"].astype(float)
         values = values[np.isfinite(values)]
         per_seed[arm] = values
-        mean, std, half = ci(values.to_numpy())
+        mean, std, half = mean_std_ci(values.to_numpy())
         row = {"arm": arm}
         row |= {k: group.iloc[0][k] for k in protocol.keys if k in group.columns}
         row["effective_step"] = group.iloc[0].get("effective_step", math.nan)
@@ -307,7 +307,7 @@ def final_table(protocol: Protocol, confirmed: pd.DataFrame, ci) -> pd.DataFrame
     diffs = []
     for arm in table["arm"]:
         shared = per_seed[arm].index.intersection(best.index)
-        mean, _, half = ci((per_seed[arm][shared] - best[shared]).to_numpy())
+        mean, _, half = mean_std_ci((per_seed[arm][shared] - best[shared]).to_numpy())
         diffs.append((mean, half, len(shared)))
     table["diff_vs_best_mean"] = [d[0] for d in diffs]
     table["diff_vs_best_ci95"] = [d[1] for d in diffs]

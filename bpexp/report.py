@@ -478,9 +478,7 @@ def write_protocol_report(
     frame = _with_arms(runs, protocol)
     tune = frame[frame["stage"] == "tune"]
     confirm = frame[frame["stage"] == "confirm"]
-    table = proto.final_table(
-        protocol, confirmed_frame(protocol, confirm, history), analysis.mean_std_ci
-    )
+    table = proto.final_table(protocol, confirmed_frame(protocol, confirm, history))
     table.to_csv(out / "final_table.csv", index=False)
     frame.to_csv(out / "runs.csv", index=False)
     curves = history.drop(columns="arm", errors="ignore").merge(

@@ -17,7 +17,6 @@ import pytest
 from conftest import cli_env, run_cli
 
 from bpexp import protocol as proto
-from bpexp.analysis import mean_std_ci
 from bpexp.errors import ConfigError
 
 SEARCH = {"optimizer": {"lr": {"low": 0.01, "high": 10.0, "points": 4}}}
@@ -135,7 +134,7 @@ def test_final_table_is_paired_by_seed_and_ranked_best_first():
                 }
             )
     rows.append(rows[0] | {"seed": 8, "outcome": "diverged", "value": np.nan})
-    table = proto.final_table(p, pd.DataFrame(rows), mean_std_ci)
+    table = proto.final_table(p, pd.DataFrame(rows))
     assert list(table["arm"]) == ["b", "a"]
     # Independent: the t interval of the per-seed differences a - b.
     d = np.array(values["a"]) - np.array(values["b"])

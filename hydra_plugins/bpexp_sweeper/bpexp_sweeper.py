@@ -163,9 +163,7 @@ class BpexpSweeper(Sweeper):
             ]
         )
         confirmed = confirmed.merge(chosen[["arm", *protocol.keys, "effective_step"]], on="arm")
-        from bpexp.analysis import mean_std_ci
-
-        table = proto.final_table(protocol, confirmed, mean_std_ci)
+        table = proto.final_table(protocol, confirmed)
         table.insert(1, "yardstick", protocol.yardstick)
         table.to_csv(folder / "final_table.csv", index=False)
         confirmed.to_csv(folder / "confirm.csv", index=False)
