@@ -173,11 +173,14 @@ def cost_saturation(runs: pd.DataFrame, history: pd.DataFrame) -> list[Section]:
             curve = _mean_curve(history, ids, f"wrong_saturation/{output_layer}")
             wrong.plot(curve.index, curve.to_numpy(), marker="o", color=colors[cost])
     acc.set_title("val/accuracy")
-    rel.set_title("train/loss relative to its start")
-    wrong.set_title(f"outputs saturated at the wrong end (wrong_saturation/{output_layer})")
+    rel.set_title("train/loss / train/loss at epoch 0")
+    wrong.set_title(f"wrong_saturation/{output_layer}")
     for ax in (acc, rel, wrong):
         ax.set_xlabel("epoch")
-    fig.suptitle("Learning from a saturated start (N(0,1) weights), each cost at its tuned lr")
+    fig.suptitle(
+        "Learning from a saturated start (N(0,1) weights), each cost at its tuned lr;"
+        " right: fraction of outputs saturated at the wrong end"
+    )
     _legend_outside(fig, acc)
     return [Section("Learning from a saturated start", "saturated_start.png", fig)]
 

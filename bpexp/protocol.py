@@ -258,12 +258,13 @@ def time_to_target(
 
 
 def median_iqr(values: Sequence[float]) -> tuple[float, float, float]:
-    """Median, 25th and 75th percentiles without interpolation, so misses (inf) stay inf."""
+    """Median (the mean of the middle two for an even count: inf if either missed) and the
+    25th and 75th percentiles without interpolation, so that misses (inf) stay inf."""
     x = np.asarray(values, dtype=float)
     if x.size == 0:
         return math.nan, math.nan, math.nan
-    q = np.quantile(x, [0.5, 0.25, 0.75], method="inverted_cdf")
-    return float(q[0]), float(q[1]), float(q[2])
+    q = np.quantile(x, [0.25, 0.75], method="inverted_cdf")
+    return float(np.median(x)), float(q[0]), float(q[1])
 
 
 def final_table(protocol: Protocol, confirmed: pd.DataFrame) -> pd.DataFrame:

@@ -300,8 +300,13 @@ def _with_arms(runs: pd.DataFrame, protocol: proto.Protocol) -> pd.DataFrame:
     ``effective_step`` columns."""
     frame = runs.copy()
     by, _ = analysis.settings_varied(frame)
-    by = [c for c in by if c not in protocol.keys]
-    frame["arm"] = analysis.label_arms(frame, by) if by else "all"
+    # Short labels: only what differs between arms, as values ("relu [30, 30]", "nesterov").
+    by = [c for c in by if c not in protocol.keys and frame[c].astype(str).nunique() > 1]
+    rule = [c for c in by if c.startswith("optimizer.")]
+    rest = [c for c in by if c not in rule]
+    head = analysis.label_arms(frame, rule) if rule else pd.Series("", index=frame.index)
+    tail = frame[rest].astype(str).agg(" ".join, axis=1) if rest else ""
+    frame["arm"] = (head + " " + tail).str.strip().replace("", "all")
     frame["effective_step"] = [
         proto.arm_effective_step({}, row) if "optimizer.lr" in row else math.nan
         for row in frame.to_dict("records")

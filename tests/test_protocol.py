@@ -112,7 +112,8 @@ def test_time_to_target_on_made_up_histories():
     assert proto.time_to_target(epochs, [2.0, np.nan, np.nan, 5, 4], 0.35, "minimize") == math.inf
     # Median and IQR with misses counting as infinite: no interpolation between inf values.
     assert proto.median_iqr([3, 1, math.inf, 2, math.inf]) == (3.0, 2.0, math.inf)
-    assert proto.median_iqr([4, 2, 6, 8]) == (4.0, 2.0, 6.0)
+    assert proto.median_iqr([4, 2, 6, 8]) == (5.0, 2.0, 6.0)
+    assert proto.median_iqr([2, math.inf]) == (math.inf, 2.0, math.inf)
 
 
 def test_final_table_is_paired_by_seed_and_ranked_best_first():
