@@ -637,7 +637,7 @@ def log_sweep(
     protocol = protocol_settings(client, parent)
     if protocol is not None and (runs["stage"] == "confirm").any():
         report = write_protocol_report(
-            runs, history, out, protocol, title=f"Sweep `{name}`", notes=notes
+            runs, history, out, protocol, title=f"Sweep `{name}`", notes=notes, sweep=name
         )
     else:
         report = write_report(runs, history, out, title=f"Sweep `{name}`", notes=notes, sweep=name)
