@@ -221,8 +221,8 @@ def batch_size(runs: pd.DataFrame, history: pd.DataFrame) -> list[Section]:
         times.append(float(wall.mean()))
     seconds.bar(range(len(labels)), times, color=[colors[label] for label in labels])
     seconds.set_xticks(range(len(labels)), labels, rotation=20)
-    seconds.set_title("wall time per epoch (run time / epochs)")
-    seconds.set_ylabel("s")
+    seconds.set_title("wall time per epoch")
+    seconds.set_ylabel("s (run time / epochs)")
     for ax, x in (
         (by_epoch, "epoch"),
         (by_update, "updates (log)"),

@@ -305,7 +305,10 @@ def _with_arms(runs: pd.DataFrame, protocol: proto.Protocol) -> pd.DataFrame:
     rule = [c for c in by if c.startswith("optimizer.")]
     rest = [c for c in by if c not in rule]
     head = analysis.label_arms(frame, rule) if rule else pd.Series("", index=frame.index)
-    tail = frame[rest].astype(str).agg(" ".join, axis=1) if rest else ""
+    shown = frame[rest].apply(lambda c: c.map(lambda v: "null" if pd.isna(v) else _format(v)))
+    if len(rest) == 1 and not rule:  # one key: say which ("batch_size=10", not "10")
+        shown = shown.apply(lambda c: rest[0].rsplit(".", 1)[-1] + "=" + c)
+    tail = shown.agg(" ".join, axis=1) if rest else ""
     frame["arm"] = (head + " " + tail).str.strip().replace("", "all")
     frame["effective_step"] = [
         proto.arm_effective_step({}, row) if "optimizer.lr" in row else math.nan
