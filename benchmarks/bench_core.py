@@ -132,7 +132,7 @@ def torch_trainer(sizes, W0, b0, X, Y, batch, dtype):
         for start in range(0, n, batch):
             xb, yb = Xt[start : start + batch], Yt[start : start + batch]
             optimizer.zero_grad()
-            # 0.5 * batch mean of the summed squared error: the quadratic cost of SCIENCE.md.
+            # 0.5 * batch mean of the summed squared error: the quadratic cost of docs/science.md.
             loss = F.mse_loss(model(xb), yb, reduction="sum") * (0.5 / xb.shape[0])
             loss.backward()
             optimizer.step()

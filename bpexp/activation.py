@@ -1,4 +1,4 @@
-"""Activation functions σ and their derivatives σ', side by side (SCIENCE.md, "Activations").
+"""Activation functions σ and their derivatives σ', side by side (docs/science.md#activations).
 
 Each activation is a small object with ``fn(z, out)`` (a = σ(z)) and ``prime(z, a, out)`` (σ'(z)).
 Both write into ``out`` so the training step allocates nothing; ``prime`` receives ``a`` as well

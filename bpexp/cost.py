@@ -1,6 +1,6 @@
 """Costs: the value C and the output error δ^L (BP1), side by side.
 
-C is the mean over the m samples of a batch (SCIENCE.md, "Costs"). ``delta`` returns
+C is the mean over the m samples of a batch (docs/science.md#costs). ``delta`` returns
 ``scale`` · ∂C/∂z^L for the whole batch *including* the 1/m of the mean, so that BP2–BP4 then
 sum over the batch and the gradients are already averaged: the factor is applied once, on the
 smallest array. ``scale`` (1 by default) lets an optimizer's constant factor ride along (see

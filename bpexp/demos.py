@@ -1,4 +1,4 @@
-"""The two demonstrations of SCIENCE.md, computed with bpexp's own update rules.
+"""Two demonstrations of momentum (docs/science.md), computed with bpexp's own update rules.
 
 1. Exponentially weighted averages: a noisy cosine smoothed with β = 0.5, 0.9, 0.98, with and
    without bias correction. The average is read off :class:`bpexp.optimizer.Optimizer`'s
@@ -8,7 +8,7 @@
 2. A ravine, f(x, y) = x²/20 + y² from (−7, 2): gradient descent ("sgd"), classical momentum
    and Nesterov, each stepping with ``Optimizer.step(w, g, state)``. Learning-rate
    convention: SGD uses η; momentum and Nesterov use η (1 − β), so that all three take the same
-   long-run step η g in a constant gradient (EMA(η, β) ≡ classical(η (1 − β)), SCIENCE.md).
+   long-run step η g in a constant gradient (EMA(η, β) ≡ classical(η (1 − β)), docs/science.md).
    Near SGD's stability limit across the valley (η < 2 / f_yy = 1) it zig-zags in y; momentum
    damps the zig-zag and, with β = 0.5, ends lower after the same number of steps. With
    β = 0.9 it would not here: the valley is only 20 times steeper across than along, and
@@ -158,7 +158,7 @@ def write_demos(out: Path) -> list[Path]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bpexp.demos",
-        description="Draw the EMA and ravine demonstrations of SCIENCE.md as PNG files.",
+        description="Draw the EMA and ravine demonstrations of bpexp's update rules as PNG files.",
     )
     parser.add_argument("--out", default="demos", help="folder for the PNGs (default: demos/)")
     args = parser.parse_args(argv)

@@ -1,4 +1,4 @@
-"""Gradient check: backprop against centred differences (SCIENCE.md, "Gradient checking").
+"""Gradient check: backprop against centred differences (docs/science.md#gradient-checking).
 
     python -m bpexp.gradcheck --hidden 5 4 --activation tanh --output-activation softmax \
         --cost softmax_cross_entropy

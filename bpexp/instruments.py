@@ -1,6 +1,6 @@
-"""Per-layer measurements that show BP1–BP4 at work (SCIENCE.md, "Saturation ...").
+"""Per-layer measurements that show BP1–BP4 at work (docs/science.md#instruments).
 
-Measured on a fixed probe batch of training samples. Layers are numbered l = 1..L as in the notes.
+Measured on a fixed probe batch of training samples. Layers are numbered l = 1..L (docs/science.md).
 
 - ``grad_norm/W{l}``, ``grad_norm/b{l}``: ||∂C/∂W^l||, ||∂C/∂b^l|| of the batch-mean cost.
 - ``delta_norm/{l}``: root mean square over samples of the per-sample error ||δ^l(x)||.

@@ -1,6 +1,6 @@
 """Fully-connected networks: the forward pass and the four equations of backpropagation.
 
-Layout (SCIENCE.md, "Notation"): row-major, one row per sample. For a mini-batch of m samples
+Layout (docs/science.md): row-major, one row per sample. For a mini-batch of m samples
 ``A^{l-1}`` has shape (m, n_{l-1}), ``Z^l = A^{l-1} (W^l)^T + b^l`` and ``A^l = σ(Z^l)`` have
 shape (m, n_l). ``W^l`` has shape (n_l, n_{l-1}) and ``b^l`` shape (n_l,), exactly as in the
 notes, so ``W[l-1][j, k]`` is w^l_jk. Layers are numbered 1..L; lists here are 0-based, so
@@ -163,7 +163,7 @@ def param_views(flat: Array, shapes: list[tuple[int, int]]) -> tuple[list[Array]
 
 
 def initialize(net: Network, init: str, rng: np.random.Generator, path: str | None = None) -> None:
-    """Set every W^l, b^l by the scheme ``init`` (SCIENCE.md, "Initialisation").
+    """Set every W^l, b^l by the scheme ``init`` (docs/science.md#initialisers).
 
     Draws are made in float64 and then cast, so float32 and float64 runs with the same seed
     start from the same weights (up to rounding).

@@ -3,7 +3,7 @@
 ``w`` is the flat parameter vector and ``g`` the gradient of the batch-mean cost; the step
 updates ``w`` and ``state`` in place. ``state = optimizer.init(w)`` is a plain dict of arrays and
 the step counter ``t``: everything the rule remembers is there to inspect.
-Forms (SCIENCE.md, "Exponentially weighted averages and momentum"):
+Forms, conventions and the identities between them: docs/science.md#update-rules.
 
 - ``sgd``:       w ← w − η g
 - ``momentum``, ``form="classical"``: v ← β v − η g;  w ← w + v

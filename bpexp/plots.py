@@ -9,7 +9,7 @@ figure; nothing touches pyplot's global state or a screen (the Agg backend is fo
 - a sweep (history columns ``run_id, metric, step, value, arm``; runs frames from
   :mod:`bpexp.analysis` with an ``arm`` column): :func:`arm_curves`, :func:`lr_sensitivity`,
   :func:`arm_grad_norms`, :func:`arm_saturation`;
-- the demonstrations of SCIENCE.md (:mod:`bpexp.demos`): :func:`ema_curves`,
+- the demonstrations of docs/science.md (:mod:`bpexp.demos`): :func:`ema_curves`,
   :func:`ravine_paths`.
 """
 

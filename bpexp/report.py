@@ -248,7 +248,7 @@ def write_report(
         " counts as worst)",
         "- learning-rate convention: `optimizer.lr` as each form defines it; at the same lr,"
         " classical momentum and Nesterov take 1/(1 - beta) times longer steps than SGD,"
-        " and EMA(lr, beta) equals classical(lr (1 - beta)) (SCIENCE.md)",
+        " and EMA(lr, beta) equals classical(lr (1 - beta)) (docs/science.md#update-rules)",
         "",
         "## Comparison",
         "",

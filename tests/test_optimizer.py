@@ -1,4 +1,4 @@
-"""Update rules against hand-computed vectors and the exact identities of SCIENCE.md."""
+"""Update rules against hand-computed vectors and the exact identities of docs/science.md."""
 
 import numpy as np
 import pytest
@@ -141,7 +141,7 @@ def test_bias_corrected_ema_equals_per_step_lr(beta):
     lrs = [alpha * (1 - beta) / (1 - beta**t) for t in range(1, STEPS + 1)]
     assert_same_path(ema_bc, library_sgd(lrs, beta))
     # ... and with that schedule the classical form v ← βv − η_t g no longer matches: the
-    # identities break under a schedule, as SCIENCE.md warns.
+    # identities break under a schedule (docs/science.md#identities-between-forms).
     w, v = START.copy(), np.zeros(3)
     for lr in lrs:
         v = beta * v - lr * grad(w)
