@@ -138,6 +138,7 @@ def ravine_demo(
 
 def write_demos(out: Path) -> list[Path]:
     """Draw both demonstrations into ``out`` (created); returns the PNG paths."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     from bpexp.plots import ema_curves, new_axes, ravine_paths
@@ -146,6 +147,7 @@ def write_demos(out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     frame = ema_demo()
     fig = Figure(figsize=(12.0, 4.0), layout="constrained")
+    FigureCanvasAgg(fig)  # draws without pyplot or a backend switch, as plots.new_axes
     left, right = fig.subplots(1, 2, sharey=True)
     ema_curves(frame, left, bias_correction=False)
     ema_curves(frame, right, bias_correction=True)
