@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -15,7 +13,7 @@ from matplotlib.image import AxesImage, imread
 
 import bpexp
 from bpexp import plots
-from tests.conftest import cli_env
+from tests.conftest import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -145,23 +143,18 @@ def test_arm_colors_are_stable_across_plots():
 def test_importing_the_plots_leaves_the_backend_alone(tmp_path):
     """A notebook's backend (here "pdf", chosen before bpexp is imported) is still in force
     after the plotting modules are imported and have drawn a PNG; pyplot is never imported."""
-    code = (
-        "import sys, matplotlib; matplotlib.use('pdf'); "
-        "from bpexp import demos, plots; "
-        "ax = plots.new_axes(); ax.plot([0, 1], [1, 0]); ax.figure.savefig(sys.argv[1]); "
-        "demos.write_demos(sys.argv[2]); "
-        "print(matplotlib.get_backend(), 'matplotlib.pyplot' in sys.modules)"
+    (tmp_path / "notebook_cell.py").write_text(
+        "import sys, matplotlib\n"
+        "matplotlib.use('pdf')\n"
+        "from bpexp import demos, plots\n"
+        "ax = plots.new_axes()\n"
+        "ax.plot([0, 1], [1, 0])\n"
+        "ax.figure.savefig(sys.argv[1])\n"
+        "demos.write_demos(sys.argv[2])\n"
+        "print(matplotlib.get_backend(), 'matplotlib.pyplot' in sys.modules)\n"
     )
     png, folder = tmp_path / "line.png", tmp_path / "demos"
-    proc = subprocess.run(
-        [sys.executable, "-c", code, str(png), str(folder)],
-        cwd=tmp_path,
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    proc = run_cli([str(png), str(folder)], tmp_path, timeout=120, module="notebook_cell")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["pdf", "False"]
     for path in (png, folder / "ema.png", folder / "ravine.png"):
