@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 # What users of the package have: the code, its configuration, the sweeps and the docs.
-CHECKED = ("bpexp", "conf", "sweeps", "docs", "README.md")
+CHECKED = ("bpexp", "hydra_plugins", "conf", "sweeps", "docs", "README.md")
 # Notes kept outside the repository, which a user of the package does not have.
 OUTSIDE = re.compile(r"SCIENCE\.md|\.\./shared\b|/work/shared\b")
 LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
