@@ -138,16 +138,12 @@ def ravine_demo(
 
 def write_demos(out: Path) -> list[Path]:
     """Draw both demonstrations into ``out`` (created); returns the PNG paths."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    from bpexp.plots import ema_curves, new_axes, ravine_paths
+    from bpexp.plots import ema_curves, new_axes, new_figure, ravine_paths
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     frame = ema_demo()
-    fig = Figure(figsize=(12.0, 4.0), layout="constrained")
-    FigureCanvasAgg(fig)  # draws without pyplot or a backend switch, as plots.new_axes
+    fig = new_figure(12.0, 4.0)
     left, right = fig.subplots(1, 2, sharey=True)
     ema_curves(frame, left, bias_correction=False)
     ema_curves(frame, right, bias_correction=True)

@@ -410,7 +410,7 @@ def _panels(n: int, width: float = 3.6, height: float = 3.0) -> tuple[plots.Figu
     """A figure of ``n`` small panels, four a row, sharing both axes."""
     columns = min(n, 4)
     rows = math.ceil(n / columns)
-    fig = plots.Figure(figsize=(width * columns + 1.5, height * rows + 0.6), layout="constrained")
+    fig = plots.new_figure(width * columns + 1.5, height * rows + 0.6)
     axes = np.atleast_1d(fig.subplots(rows, columns, sharex=True, sharey=True)).ravel()
     for ax in axes[n:]:
         ax.set_visible(False)
@@ -430,7 +430,7 @@ def _sensitivity_figure(tune: pd.DataFrame, protocol: proto.Protocol) -> plots.F
             ax.set_xlabel("optimizer.lr")
         fig.suptitle(f"Tuning runs: final {protocol.yardstick} against the lr, one panel per arm")
         return fig
-    fig = plots.Figure(figsize=(11, 4.2), layout="constrained")
+    fig = plots.new_figure(11, 4.2)
     left, right = fig.subplots(1, 2, sharey=True)
     for ax, x in ((left, "optimizer.lr"), (right, "effective_step")):
         plots.lr_sensitivity(tune, ax, metric=protocol.yardstick, lr=x)
