@@ -28,16 +28,11 @@ from matplotlib.figure import Figure
 from matplotlib.transforms import blended_transform_factory
 
 
-def new_figure(
-    width: float = 6.0,
-    height: float = 4.0,
-    *,
-    layout: str | None = "constrained",
-    dpi: float | None = None,
-) -> Figure:
+def new_figure(width: float = 6.0, height: float = 4.0, **options: object) -> Figure:
     """A fresh figure on its own Agg canvas, not registered with pyplot; add Axes to it
-    (``fig.subplots(1, 2)``) for small multiples."""
-    fig = Figure(figsize=(width, height), layout=layout, dpi=dpi)
+    (``fig.subplots(1, 2)``) for small multiples. ``options`` go to matplotlib's ``Figure``
+    (``layout`` is "constrained" unless given)."""
+    fig = Figure(figsize=(width, height), **{"layout": "constrained", **options})
     # A canvas of its own: the figure draws without pyplot or a backend switch, and keeps one
     # renderer, so that the text metrics and mathtext caches (keyed by renderer) hit when a
     # kept figure draws again (save_run_plots): ~10 ms a run.
