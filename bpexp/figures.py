@@ -68,7 +68,7 @@ def depth(runs: pd.DataFrame, history: pd.DataFrame) -> list[Section]:
     depths = sorted(frame["depth"].unique())
     colors = plots.arm_colors([f"{d}" for d in depths])
 
-    fig = Figure(figsize=(4.2 * len(activations) + 1.5, 3.8), layout="constrained")
+    fig = plots.new_figure(4.2 * len(activations) + 1.5, 3.8)
     axes = np.atleast_1d(fig.subplots(1, len(activations), sharey=True))
     for ax, activation in zip(axes, activations, strict=True):
         for d in depths:
@@ -86,9 +86,7 @@ def depth(runs: pd.DataFrame, history: pd.DataFrame) -> list[Section]:
     fig.suptitle("Gradient norm per hidden layer at initialisation (mean over confirm seeds)")
     _legend_outside(fig, axes[0])
 
-    over = Figure(
-        figsize=(3.2 * len(depths) + 1.5, 2.8 * len(activations) + 0.6), layout="constrained"
-    )
+    over = plots.new_figure(3.2 * len(depths) + 1.5, 2.8 * len(activations) + 0.6)
     grid = np.atleast_2d(over.subplots(len(activations), len(depths), sharex=True, sharey=True))
     layer_colors = plots.arm_colors([f"layer {l}" for l in range(1, max(depths) + 1)])
     for i, activation in enumerate(activations):
@@ -146,7 +144,7 @@ def cost_saturation(runs: pd.DataFrame, history: pd.DataFrame) -> list[Section]:
     frame = _confirm(runs)
     costs = sorted(frame["cost.name"].unique())
     colors = plots.arm_colors(costs)
-    fig = Figure(figsize=(13, 3.8), layout="constrained")
+    fig = plots.new_figure(13, 3.8)
     acc, rel, wrong = fig.subplots(1, 3)
     output_layer = max(
         (
@@ -200,7 +198,7 @@ def batch_size(runs: pd.DataFrame, history: pd.DataFrame) -> list[Section]:
     frame["updates_per_epoch"] = np.ceil(n_train / frame["size"])
     labels = list(dict.fromkeys(frame.sort_values("size")["label"]))
     colors = plots.arm_colors(labels)
-    fig = Figure(figsize=(15, 3.8), layout="constrained")
+    fig = plots.new_figure(15, 3.8)
     by_epoch, by_update, by_sample, seconds = fig.subplots(1, 4)
     times = []
     for label in labels:
@@ -264,7 +262,7 @@ def momentum_beta(runs: pd.DataFrame, history: pd.DataFrame) -> list[Section]:
     forms = [f for f in ("classical", "ema", "ema+bc") if f in set(means["form"])]
     lrs = sorted(means["optimizer.lr"].unique())
     betas = sorted(means["optimizer.beta"].unique())
-    heat = Figure(figsize=(4.3 * len(forms) + 1.2, 3.4), layout="constrained")
+    heat = plots.new_figure(4.3 * len(forms) + 1.2, 3.4)
     axes = np.atleast_1d(heat.subplots(1, len(forms), sharey=True))
     image = None
     for ax, form in zip(axes, forms, strict=True):
@@ -294,7 +292,7 @@ def momentum_beta(runs: pd.DataFrame, history: pd.DataFrame) -> list[Section]:
     heat.colorbar(image, ax=list(axes), label="val/accuracy (mean over tuning seeds)")
     heat.suptitle("Tuning runs: val/accuracy over (lr, beta); blank = a seed diverged")
 
-    overlay = Figure(figsize=(4.3 * len(betas) + 1.5, 3.6), layout="constrained")
+    overlay = plots.new_figure(4.3 * len(betas) + 1.5, 3.6)
     panels = np.atleast_1d(overlay.subplots(1, len(betas), sharey=True))
     colors = plots.arm_colors(forms)
     styles = {"classical": ("o", "-", 9), "ema": ("x", "--", 7), "ema+bc": ("+", ":", 7)}
