@@ -139,3 +139,52 @@ def test_activation_std_of_a_nearly_constant_layer():
     a = 1 / (1 + np.exp(-(X @ net.W[0].T + net.b[0])))
     assert a.std() < 1e-8
     assert out["activation_std/1"] == pytest.approx(a.std(), rel=1e-6)
+
+
+def _z_where(act_name: str, target: float) -> float:
+    """A float z at which this platform's σ(z) is exactly ``target`` (searched among the floats
+    next to the true root, because libm's tanh may round the root itself either way)."""
+    from bpexp.activation import ACTIVATIONS
+
+    root = {"sigmoid": 2 * np.arctanh(2 * target - 1), "tanh": np.arctanh(target)}[act_name]
+    zs = root + np.arange(-500, 501) * np.spacing(root)
+    a = np.empty_like(zs)
+    ACTIVATIONS[act_name].fn(zs, a)
+    (hits,) = np.nonzero(a == target)
+    assert hits.size, f"no float z gives {act_name}(z) == {target}"
+    return float(zs[hits[0]])
+
+
+def test_saturation_boundary_is_not_saturated():
+    # ε = 0.25 and a ∈ {0.25, 0.75} are exact floats, and so are a(1 − a) = ε(1 − ε) = 0.1875:
+    # a unit exactly at the boundary is not saturated ("a < ε or a > 1 − ε" is strict), and an
+    # output at exactly |a − y| = 1 − ε is not saturated at the wrong end.
+    eps = 0.25
+    net = Network([2, 2], "sigmoid", "sigmoid")
+    net.W[0][...] = np.eye(2)  # z = x exactly
+    X = np.array([[_z_where("sigmoid", 0.25), _z_where("sigmoid", 0.75)], [0.0, 5.0]])
+    Y = np.array([[1.0, 0.0], [1.0, 0.0]])  # boundary outputs at |a − y| = 0.75 exactly
+    out = measure(net, X, Y, get_cost("quadratic", "sigmoid"), epsilon=eps)
+    # a = [[0.25, 0.75], [0.5, σ(5) ≈ 0.9933]]: only σ(5) is saturated, at the wrong end (y = 0).
+    assert out["saturation/1"] == 0.25
+    assert out["wrong_saturation/1"] == 0.25
+
+
+def test_tanh_and_softmax_saturation_boundaries():
+    # tanh: |a| > 1 − 2ε with ε = 0.25 is |a| > 0.5; a = ±0.5 exactly is on the boundary.
+    # softmax: four equal outputs are exactly 0.25 = ε, on the boundary, and |0.25 − 1| = 1 − ε.
+    eps = 0.25
+    net = Network([2, 2, 4], "tanh", "softmax")
+    net.W[0][...] = np.eye(2)
+    half = _z_where("tanh", 0.5)
+    X = np.array([[half, -half], [0.0, 3.0]])  # a^1 = [[0.5, −0.5], [0, tanh 3 ≈ 0.995]]
+    Y = np.eye(4)[[0, 3]]  # W^2 = 0, b^2 = 0: every output is exactly 1/4
+    out = measure(net, X, Y, get_cost("softmax_cross_entropy", "softmax"), epsilon=eps)
+    assert out["saturation/1"] == 0.25  # only tanh(3)
+    assert out["saturation/2"] == 0.0
+    assert out["wrong_saturation/2"] == 0.0
+    # A few ulps past the boundary on the saturated side, the same units count.
+    past = half + 8 * np.spacing(half)
+    X[0] = [past, -past]
+    out = measure(net, X, Y, get_cost("softmax_cross_entropy", "softmax"), epsilon=eps)
+    assert out["saturation/1"] == 0.75
