@@ -76,14 +76,59 @@ def test_loss_above_the_bound_is_divergence():
     assert result.outcome == "diverged" and result.epochs_run == 1
 
 
+def test_epoch_end_loss_check_stops_a_run_without_step_losses():
+    # With no batch loss ever computed (stride 10^9), only the epoch-end check sees the loss.
+    reference = train(*_sgd_run(), TrainerConfig(epochs=3, instruments=False), 0, None, 10**9)
+    losses = [h["train/loss"] for h in reference.history]
+    assert reference.outcome == "completed" and losses[1] > losses[2] > losses[3]
+    steps = math.ceil(setup()[1].X_train.shape[0] / 10)
+    # A bound just below the epoch-1 loss: diverged after that whole epoch, not before.
+    cfg = TrainerConfig(epochs=3, instruments=False, max_loss=losses[1] * (1 - 1e-9))
+    stopped = train(*_sgd_run(), cfg, 0, None, 10**9)
+    assert (stopped.outcome, stopped.epochs_run, stopped.steps) == ("diverged", 1, steps)
+    assert stopped.history[-1]["train/loss"] == losses[1]
+    # A loss equal to the bound is not above it.
+    cfg = TrainerConfig(epochs=3, instruments=False, max_loss=losses[1])
+    assert train(*_sgd_run(), cfg, 0, None, 10**9).outcome == "completed"
+
+
+def _sgd_run(lr: float = 0.5):
+    net, data, cost = setup()
+    return net, Optimizer("sgd", lr), cost, data
+
+
+def _by_hand(lr: float, seed: int, epochs: int, shuffle: bool) -> np.ndarray:
+    """SGD written out: each epoch draws the order from the seed's "shuffle" stream."""
+    net, data, cost = setup()
+    opt = Optimizer("sgd", lr)
+    state = opt.init(net.params)
+    X, Y = data.X_train, data.Y_train
+    rng = stream(seed, "shuffle")
+    for _ in range(epochs):
+        order = rng.permutation(len(X)) if shuffle else np.arange(len(X))
+        for start in range(0, len(X), 10):
+            rows = order[start : start + 10]
+            net.backprop(X[rows], Y[rows], cost)
+            opt.step(net.params, net.grad, state)
+    return net.params
+
+
 def test_probe_and_order_depend_on_the_seed_only():
-    runs = []
-    for lr in (0.5, 0.5, 0.1):
-        net, data, cost = setup()
-        cfg = TrainerConfig(epochs=1, batch_size=10)
-        runs.append(train(net, Optimizer("sgd", lr), cost, data, cfg, 0).history[0])
-    # Step 0 is measured before any update: identical for every optimizer setting.
-    assert runs[0] == runs[1] == runs[2]
+    from bpexp.instruments import measure
+
+    for lr in (0.5, 0.1):
+        net, opt, cost, data = _sgd_run(lr)
+        result = train(net, opt, cost, data, TrainerConfig(epochs=2, batch_size=10), 0)
+        # The batches of each epoch are the seed's permutation, whatever the learning rate.
+        np.testing.assert_allclose(net.params, _by_hand(lr, 0, 2, True), rtol=1e-12, atol=1e-14)
+        assert not np.allclose(net.params, _by_hand(lr, 0, 2, False))
+        assert not np.allclose(net.params, _by_hand(lr, 1, 2, True))
+        # The probe: the first probe_size rows of the seed's "probe" permutation, sorted.
+        fresh, data, cost = setup()
+        n = data.X_train.shape[0]
+        rows = np.sort(stream(0, "probe").permutation(n)[:256])
+        expected = measure(fresh, data.X_train[rows], data.Y_train[rows], cost)
+        assert {k: result.history[0][k] for k in expected} == expected
 
 
 def test_an_epoch_is_backprop_then_step_on_each_batch():
