@@ -116,8 +116,13 @@ def test_initialisers_have_their_distribution(init):
     assert abs(W.mean()) < 0.01 * max(expected_std, 0.1)
     if init == "uniform":
         assert W.min() >= -1 and W.max() <= 1
-    bias_std = {"normal": 1.0, "scaled_normal": 1.0, "uniform": 1 / np.sqrt(3)}.get(init, 0.0)
-    assert net.b[0].std() == pytest.approx(bias_std, abs=0.15)
+    if init in ("xavier", "he"):
+        assert all(np.array_equal(b, np.zeros_like(b)) for b in net.b)  # exactly zero
+    else:
+        # 300 draws: the sample std is within ~4% (one standard error) of the true one.
+        bias_std = {"normal": 1.0, "scaled_normal": 1.0, "uniform": 1 / np.sqrt(3)}[init]
+        assert net.b[0].std() == pytest.approx(bias_std, rel=0.12)
+        assert abs(net.b[0].mean()) < 4 * bias_std / np.sqrt(300)
 
 
 def test_float32_and_float64_start_from_the_same_draws():
