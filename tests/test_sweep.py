@@ -224,9 +224,15 @@ def test_stopped_server_gives_a_clear_error_before_training(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+    # The README: it fails within tracking.timeout_seconds (10 s) of a command that fails at
+    # once for another reason (a bad value: the same start-up, no connection at all).
+    started = time.monotonic()
+    baseline = run_cli(["trainer.epochs=0"], tmp_path)
+    start_up = time.monotonic() - started
+    assert baseline.returncode == 2 and "trainer.epochs" in baseline.stderr
     started = time.monotonic()
     proc = run_cli([f"tracking.uri={url}", "trainer.epochs=1"], tmp_path)
-    assert time.monotonic() - started < 60  # the check itself times out after 10 s
+    assert time.monotonic() - started < start_up + 10
     assert proc.returncode == 2
     assert f"tracking.uri='{url}': the MLflow server does not answer" in proc.stderr
     assert "epoch" not in proc.stdout
@@ -254,7 +260,7 @@ def test_joblib_workers_start_with_the_job_modules_imported(tmp_path):
     rows = [json.loads(p.read_text()) for p in (sweep_dir / "results").glob("*.json")]
     assert len(rows) == 6 and {r["outcome"] for r in rows} == {"completed"}
     processes = [r["process"] for r in rows]
-    assert len({p["pid"] for p in processes}) <= 2
+    assert len({p["pid"] for p in processes}) == 2  # both workers ran jobs: in parallel
     assert all(p["preloaded"] for p in processes)
 
 
