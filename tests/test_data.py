@@ -435,3 +435,70 @@ def test_bad_n_samples_and_seed_name_the_key():
         load_dataset("moons", n_samples=0)
     with pytest.raises(ConfigError, match="seed=-1"):
         load_dataset("digits", seed=-1)
+
+
+# --- the built-in checksums and the default cache folder -----------------------------------
+
+DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+def serve(folder: Path):
+    """A real HTTP server on 127.0.0.1 serving ``folder``: (url, server, thread)."""
+    server = ThreadingHTTPServer(
+        ("127.0.0.1", 0), partial(SimpleHTTPRequestHandler, directory=str(folder))
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    return f"http://127.0.0.1:{server.server_address[1]}/", server, thread
+
+
+def test_default_cache_folder_is_under_home(tmp_path, monkeypatch, mirror):
+    url, hashes, server = mirror
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    data = load_dataset("mnist", url=url, sha256=hashes, val_fraction=0.0)
+    cache = tmp_path / "home" / ".cache" / "bpexp" / "mnist"
+    assert sorted(path.name for path in cache.iterdir()) == sorted(hashes)
+    server.shutdown()
+    again = load_dataset("mnist", sha256=hashes, val_fraction=0.0)  # offline: from the cache
+    np.testing.assert_array_equal(again.X_train, data.X_train)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not (DEBIAN_FASHION / "t10k-labels-idx1-ubyte.gz").is_file(),
+    reason="Debian's package dataset-fashion-mnist is not installed (apt-get install "
+    "dataset-fashion-mnist)",
+)
+def test_fashion_mnist_builtin_checksums_on_debians_files(tmp_path, monkeypatch):
+    # Debian ships the real data set, recompressed when the package was built (the gzip
+    # headers carry the build date), so its .gz bytes are not the published ones: the built-in
+    # sha256 values must refuse them on the default download path, into the default cache.
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    cache = tmp_path / "home" / ".cache" / "bpexp" / "fashion_mnist"
+    url, server, thread = serve(DEBIAN_FASHION)
+    try:
+        with pytest.raises(ConfigError) as caught:
+            load_dataset("fashion_mnist", url=url)
+        message = str(caught.value)
+        (name,) = [f for f in (f"{stem}.gz" for stem in IDX_FILES) if message.startswith(f)]
+        got = hashlib.sha256((DEBIAN_FASHION / name).read_bytes()).hexdigest()
+        assert f"is {got}, expected " in message
+        assert [p for p in cache.iterdir() if not p.name.startswith(".")] == []
+        # With the files' own digests the same download is kept in the default cache, and
+        # loads as the real data set: 60,000 + 10,000 images of 784 pixels, 10 balanced classes.
+        own = {
+            f"{stem}.gz": hashlib.sha256((DEBIAN_FASHION / f"{stem}.gz").read_bytes()).hexdigest()
+            for stem in IDX_FILES
+        }
+        data = load_dataset("fashion_mnist", url=url, sha256=own, val_fraction=0.0)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+    assert sorted(p.name for p in cache.iterdir()) == sorted(own)
+    assert data.X_train.shape == (60000, 784) and data.X_test.shape == (10000, 784)
+    assert np.bincount(data.Y_train.argmax(axis=1)).tolist() == [6000] * 10
+    assert np.bincount(data.Y_test.argmax(axis=1)).tolist() == [1000] * 10
+    assert 0.0 == data.X_train.min() < data.X_train.max() == 1.0
+    local = load_dataset("fashion_mnist", path=str(DEBIAN_FASHION), val_fraction=0.0)
+    np.testing.assert_array_equal(local.X_test, data.X_test)
