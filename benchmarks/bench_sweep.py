@@ -259,11 +259,25 @@ def bench_analysis(quick: bool) -> list[tuple[str, float, str, str]]:
     ]
 
 
+def source_line() -> str:
+    """Which bpexp was measured: its folder and commit ("-dirty": not a committed state)."""
+    import bpexp
+
+    root = Path(bpexp.__file__).resolve().parents[1]
+    describe = ["git", "-C", str(root), "describe", "--always", "--dirty"]
+    try:
+        commit = subprocess.run(describe, capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        commit = "not a git checkout"
+    return f"bpexp from {root} ({commit.strip()})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     print(f"machine: {machine()}")
+    print(source_line())
     rows = bench_tracking(3 if args.quick else 7)
     rows += bench_tracking(2 if args.quick else 3, epochs=150)
     rows += bench_sweep(args.quick)
