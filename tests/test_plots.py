@@ -44,13 +44,19 @@ def _sweep_history() -> pd.DataFrame:
 
 def test_run_plots_keep_their_signatures(run_history, tmp_path):
     for name, plot in plots.RUN_PLOTS.items():
-        fig = plot(run_history, plots.new_axes())
-        assert isinstance(fig, Figure)
+        ax = plots.new_axes()
+        fig = plot(run_history, ax)
+        assert isinstance(fig, Figure) and fig is ax.figure  # drawn on the Axes given
         fig.savefig(tmp_path / name)
         assert imread(tmp_path / name).ndim == 3
     ax = plots.new_axes()
     plots.loss_curves(run_history, ax)
-    assert [line.get_label() for line in ax.get_lines()] == ["train/loss", "val/loss"]
+    lines = ax.get_lines()
+    assert [line.get_label() for line in lines] == ["train/loss", "val/loss"]
+    for line in lines:  # the run's own points, epoch by epoch
+        points = run_history[run_history["metric"] == line.get_label()].sort_values("step")
+        np.testing.assert_array_equal(line.get_xdata(), points["step"])
+        np.testing.assert_array_equal(line.get_ydata(), points["value"])
 
 
 def test_save_run_plots_gives_the_pixels_of_fresh_figures(run_history, tmp_path):
@@ -90,7 +96,7 @@ def test_arm_curves_draw_the_mean_and_a_std_band():
     assert lines["sgd train/loss (n=2)"].get_linestyle() == "--"
     bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
     assert len(bands) == 4
-    assert isinstance(fig, Figure)
+    assert fig is ax.figure
 
 
 def test_lr_sensitivity_uses_log_lr_and_marks_diverged_runs():
