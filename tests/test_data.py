@@ -463,6 +463,51 @@ def test_default_cache_folder_is_under_home(tmp_path, monkeypatch, mirror):
     np.testing.assert_array_equal(again.X_train, data.X_train)
 
 
+# The sha256 of the published .gz files, as other data-set libraries list them too: an
+# independent copy, so that a typo in bpexp.data.SHA256 fails here and not at a user's download.
+PUBLISHED_SHA256 = {
+    ("mnist", "train-images"): "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+    ("mnist", "train-labels"): "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+    ("mnist", "t10k-images"): "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+    ("mnist", "t10k-labels"): "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+    ("fashion_mnist", "train-images"): (
+        "08dc20ab1689590a0bcd66e874647b6ee8464e2d501b5a3f1f78831db19a3fdc"
+    ),
+    ("fashion_mnist", "train-labels"): (
+        "b0197879cbda89f3dc7b894f9fd52b858e68ea4182b6947c9d8c2b67e5f18dcc"
+    ),
+    ("fashion_mnist", "t10k-images"): (
+        "78dcbbfb5a27efaf1b6c1d616caca68560be8766c5bffcb2791df9273a534229"
+    ),
+    ("fashion_mnist", "t10k-labels"): (
+        "42bd18137a62d5998cdeae52bf3a0676ac6b706f5cf8439b47bb5b151ae3dccf"
+    ),
+}
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
+def test_the_default_download_checks_the_published_sha256(tmp_path, monkeypatch, mirror, name):
+    # No sha256 given: the built-in values guard the download into the default cache, so the
+    # mirror's (synthetic) first file is refused, naming the published digest.
+    url, _, _ = mirror
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    with pytest.raises(ConfigError) as caught:
+        load_dataset(name, url=url)
+    expected = PUBLISHED_SHA256[(name, "train-images")]
+    assert str(caught.value).startswith("train-images-idx3-ubyte.gz: sha256 of the download")
+    assert str(caught.value).endswith(f"expected {expected}; the file was not kept")
+    cache = tmp_path / "home" / ".cache" / "bpexp" / name
+    assert [p.name for p in cache.iterdir() if not p.name.startswith(".")] == []
+    from bpexp.data import SHA256
+
+    published = {
+        f"{k}-idx{3 if k.endswith('images') else 1}-ubyte.gz": v
+        for (n, k), v in PUBLISHED_SHA256.items()
+        if n == name
+    }
+    assert SHA256[name] == published
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(
     not (DEBIAN_FASHION / "t10k-labels-idx1-ubyte.gz").is_file(),
