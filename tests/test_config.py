@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -111,13 +112,20 @@ def test_every_sweep_composes(composer, name):
 
 
 def test_optimizers_sweep_is_big_enough(composer):
-    params = composer(["sweep=optimizers"], return_hydra_config=True).hydra.sweeper.params
-    # The README's promise: 3 optimizers x 6 learning rates (0.03 to 10) x 3 seeds = 54 runs.
-    assert set(params) == {"optimizer", "optimizer.lr", "seed"}
-    assert str(params["optimizer"]).split(",") == ["sgd", "momentum", "nesterov"]
-    lrs = [float(v) for v in str(params["optimizer.lr"]).split(",")]
-    assert len(set(lrs)) == 6 and (min(lrs), max(lrs)) == (0.03, 10.0)
-    assert str(params["seed"]).split(",") == ["0", "1", "2"]
+    from omegaconf import OmegaConf
+
+    from bpexp import protocol
+
+    cfg = composer(["sweep=optimizers"], return_hydra_config=True)
+    assert str(cfg.hydra.sweeper.params["optimizer"]).split(",") == ["sgd", "momentum", "nesterov"]
+    p = protocol.parse(OmegaConf.to_container(cfg.hydra.sweeper.protocol))
+    # The sweep file's promise: 15 learning rates log-spaced from 10^-2.5 to 10^1.5 (neighbours
+    # x1.93 apart) on tuning seeds 0 and 1, then 10 fresh confirm seeds: 3 x (15 x 2 + 10) runs.
+    lrs = np.array([setting["optimizer.lr"] for setting in protocol.grid(p)])
+    assert len(lrs) == 15 and (lrs[0], lrs[-1]) == (0.00316, 31.6)
+    np.testing.assert_allclose(lrs[1:] / lrs[:-1], 10 ** (4 / 14), rtol=5e-3)  # 3 digits
+    assert p.tune_seeds == (0, 1) and p.confirm_seeds == tuple(range(100, 110))
+    assert 3 * (len(lrs) * len(p.tune_seeds) + len(p.confirm_seeds)) == 120
 
 
 def test_sweep_files_are_global_packages():
