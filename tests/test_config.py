@@ -202,7 +202,7 @@ def test_wheel_ships_conf_and_sweeps(tmp_path):
     # Build from a copy: an in-tree build would leave build/ in the checkout.
     source = tmp_path / "source"
     source.mkdir()
-    for name in ("pyproject.toml", "README.md", "bpexp", "conf", "sweeps"):
+    for name in ("pyproject.toml", "README.md", "bpexp", "conf", "sweeps", "hydra_plugins"):
         copy = shutil.copytree if (config.ROOT / name).is_dir() else shutil.copy
         copy(config.ROOT / name, source / name)
     proc = subprocess.run(
