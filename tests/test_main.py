@@ -84,20 +84,22 @@ def test_multirun_from_the_command_line(tmp_path, store_uri):
     assert "sweep summary (4 jobs: 4 completed)" in proc.stdout
 
 
+# Protocol sweeps: one lr, one tuning seed and one confirm seed, so two jobs an arm.
+SEEDS = ["hydra.sweeper.protocol.tune_seeds=[0]", "hydra.sweeper.protocol.confirm_seeds=[1]"]
 TINY = {
-    "optimizers": ["optimizer.lr=0.5", "seed=0", "trainer.epochs=1"],
-    "momentum_beta": ["optimizer.beta=0.9", "optimizer.lr=0.3", "seed=0", "trainer.epochs=1"],
-    "cost_saturation": ["seed=0", "trainer.epochs=1"],
-    "depth": ["network.hidden=[30],[30,30]", "seed=0", "trainer.epochs=1"],
-    "batch_size": ["trainer.batch_size=100,null", "seed=0", "trainer.epochs=1"],
+    "optimizers": ["optimizer.lr=0.5", *SEEDS, "trainer.epochs=1"],
+    "momentum_beta": ["optimizer.beta=0.9", "optimizer.lr=0.3", *SEEDS, "trainer.epochs=1"],
+    "cost_saturation": ["optimizer.lr=0.5", *SEEDS, "trainer.epochs=1"],
+    "depth": ["network.hidden=[30],[30,30]", "optimizer.lr=0.5", *SEEDS, "trainer.epochs=1"],
+    "batch_size": ["trainer.batch_size=100,null", "optimizer.lr=0.5", *SEEDS, "trainer.epochs=1"],
     "pixels3x4": ["seed=0", "trainer.epochs=5"],
 }
 JOBS = {
-    "optimizers": 3,
-    "momentum_beta": 3,
-    "cost_saturation": 2,
-    "depth": 4,
-    "batch_size": 2,
+    "optimizers": 6,
+    "momentum_beta": 6,
+    "cost_saturation": 4,
+    "depth": 8,
+    "batch_size": 4,
     "pixels3x4": 1,
 }
 
