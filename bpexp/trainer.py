@@ -45,6 +45,10 @@ class TrainerConfig:
     shuffle: bool = True
     dtype: str = "float64"
     probe_size: int = 256
+    # Rows of the training set the train/ metrics are measured on each epoch: a fixed, seeded
+    # subset, or every row when the set has no more (None: always every row). 10,000 rows give
+    # the accuracy to ±0.006 (two standard errors at 0.9) for 1/5 of a 50,000-row forward pass.
+    eval_train_rows: int | None = 10_000
     instruments: bool = True
     saturation_epsilon: float = DEFAULT_EPSILON
     max_loss: float = 1e6
@@ -93,6 +97,10 @@ def validate(cfg: TrainerConfig, n_train: int) -> None:
             cfg.batch_size,
             f"1 <= batch_size <= {n_train} (training set size), or null for the full batch",
         )
+    if cfg.eval_train_rows is not None and cfg.eval_train_rows < 1:
+        raise bad_value(
+            "trainer.eval_train_rows", cfg.eval_train_rows, "an integer >= 1, or null for all"
+        )
     if cfg.probe_size < 1:
         raise bad_value("trainer.probe_size", cfg.probe_size, "an integer >= 1")
     if not 0 < cfg.saturation_epsilon < 0.5:
@@ -129,8 +137,14 @@ def train_epoch(
     on_step: Callable[[int, float], bool] | None = None,
     stride: int = 0,
     step: int = 0,
+    order: Array | None = None,
 ) -> tuple[int, bool]:
-    """One pass over (X, Y) in order, in mini-batches, counting global steps from ``step``.
+    """One pass over (X, Y) in mini-batches, counting global steps from ``step``.
+
+    The batches are consecutive rows of (X, Y), or with ``order`` (a permutation of the rows)
+    consecutive slices of ``order``: batch k is ``X[order[k m : (k + 1) m]]``. Each batch is
+    gathered into a buffer of m rows just before its step, so a shuffled epoch needs no
+    second copy of the training set and reads every row once, while it is hot in cache.
 
     Every ``stride`` global steps (0: never) the batch loss is computed and passed to
     ``on_step(step, loss)``, which returns True to stop (a loss above the bound). A NaN or inf
@@ -142,9 +156,19 @@ def train_epoch(
     gb_out = net.gb[-1]
     # backprop leaves gradient_scale · ∇C in net.grad, ready for Optimizer.update.
     scale = optimizer.gradient_scale
+    if order is not None:
+        X_batch = np.empty((batch_size, X.shape[1]), X.dtype)
+        Y_batch = np.empty((batch_size, Y.shape[1]), Y.dtype)
     for start in range(0, X.shape[0], batch_size):
         step += 1
-        Xb, Yb = X[start : start + batch_size], Y[start : start + batch_size]
+        if order is None:
+            Xb, Yb = X[start : start + batch_size], Y[start : start + batch_size]
+        else:
+            rows = order[start : start + batch_size]
+            # mode="clip": the rows are valid by construction, and take() with the default
+            # mode="raise" buffers ``out`` (a second copy and a pass more).
+            Xb = np.take(X, rows, axis=0, out=X_batch[: len(rows)], mode="clip")
+            Yb = np.take(Y, rows, axis=0, out=Y_batch[: len(rows)], mode="clip")
         want_loss = stride > 0 and step % stride == 0
         loss = net.backprop(Xb, Yb, cost, loss=want_loss, scale=scale)
         finite = math.isfinite(gb_out @ gb_out)
@@ -171,6 +195,17 @@ def evaluate(
     return out
 
 
+def eval_train_index(n: int, rows: int | None, seed: int) -> Array | None:
+    """Sorted indices of the training rows the train/ metrics use; None for all ``n`` rows.
+
+    Drawn once from the stream ``"eval_train"``, so the subset is fixed for the run and the
+    same in every run with this seed, whatever the optimizer.
+    """
+    if rows is None or rows >= n:
+        return None
+    return np.sort(stream(seed, "eval_train").permutation(n)[:rows])
+
+
 def _diverged(loss: float, bound: float) -> bool:
     return not math.isfinite(loss) or loss > bound
 
@@ -187,7 +222,8 @@ def train(
 ) -> TrainResult:
     """Train ``net`` in place on ``data`` and return the outcome and the per-epoch history.
 
-    The batch order and the probe set come from ``seed`` alone (see :mod:`bpexp.rng`).
+    The batch order, the probe set and the rows of the train/ metrics come from ``seed`` alone
+    (see :mod:`bpexp.rng`). Validation and test metrics always use every row of their part.
     """
     emit = listener or (lambda record: None)
     validate(cfg, data.X_train.shape[0])
@@ -196,14 +232,15 @@ def train(
     shuffle_rng = stream(seed, "shuffle")
     probe_index = np.sort(stream(seed, "probe").permutation(n)[: min(cfg.probe_size, n)])
     X_probe, Y_probe = X[probe_index], Y[probe_index]
-    Xs, Ys = np.empty_like(X), np.empty_like(Y)
+    eval_index = eval_train_index(n, cfg.eval_train_rows, seed)
+    X_eval, Y_eval = (X, Y) if eval_index is None else (X[eval_index], Y[eval_index])
     stride = log_stride(cfg, n, log_every_n_steps)
     m = mini_batch_size(cfg, n)
     state = optimizer.init(net.params)
     result = TrainResult(outcome="completed", epochs_run=0, steps=0)
 
     def epoch_metrics(epoch: int, params_before: Array | None) -> dict[str, float]:
-        metrics = evaluate(net, cost, X, Y, "train", data.task)
+        metrics = evaluate(net, cost, X_eval, Y_eval, "train", data.task)
         metrics |= evaluate(net, cost, data.X_val, data.Y_val, "val", data.task)
         if cfg.instruments:
             metrics |= instruments.measure(net, X_probe, Y_probe, cost, cfg.saturation_epsilon)
@@ -216,13 +253,11 @@ def train(
     with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
         epoch_metrics(0, None)
         for epoch in range(1, cfg.epochs + 1):
-            if cfg.shuffle:
-                order = shuffle_rng.permutation(n)
-                np.take(X, order, axis=0, out=Xs)
-                np.take(Y, order, axis=0, out=Ys)
-                Xe, Ye = Xs, Ys
-            else:
-                Xe, Ye = X, Y
+            # The permutation is drawn every epoch, also for the full batch (whose one batch
+            # is every row in any order), so the stream and the batches stay what seed says.
+            order = shuffle_rng.permutation(n) if cfg.shuffle else None
+            if m >= n:
+                order = None
 
             def on_step(step: int, loss: float, epoch: int = epoch) -> bool:
                 emit(StepRecord(step, epoch, loss))
@@ -230,7 +265,7 @@ def train(
 
             params_before = net.params.copy() if cfg.instruments else None
             result.steps, stopped = train_epoch(
-                net, optimizer, state, cost, Xe, Ye, m, on_step, stride, result.steps
+                net, optimizer, state, cost, X, Y, m, on_step, stride, result.steps, order
             )
             result.epochs_run = epoch
             metrics = epoch_metrics(epoch, params_before)

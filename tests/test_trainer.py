@@ -148,3 +148,69 @@ def test_an_epoch_is_backprop_then_step_on_each_batch():
         assert (steps, stopped) == (20, False)
         np.testing.assert_allclose(net.params, twin.params, rtol=1e-12, atol=1e-14)
         assert not np.array_equal(net.params, setup()[0].params)  # it did train
+
+
+def test_shuffled_batches_are_the_seeds_permutation_gathered_without_a_copy():
+    # The order is re-derived here from NumPy alone: the shuffle stream is the generator of
+    # SeedSequence([seed, 2]) and epoch e uses its e-th permutation. A twin trained on the
+    # permuted copies X[order] (the old way) must land on bit-identical weights.
+    from bpexp.trainer import train_epoch
+
+    seed = 3
+    net, data, cost = setup(seed=seed)
+    twin = Network([64, 16, 10], "sigmoid", "sigmoid")
+    twin.params[...] = net.params
+    opt = Optimizer("momentum", 0.5, 0.9)
+    cfg = TrainerConfig(epochs=2, batch_size=32, instruments=False)
+    train(net, opt, cost, data, cfg, seed)
+
+    X, Y = data.X_train, data.Y_train
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 2]))
+    state = opt.init(twin.params)
+    for _ in range(cfg.epochs):
+        order = rng.permutation(len(X))
+        train_epoch(twin, opt, state, cost, X[order], Y[order], 32)
+    np.testing.assert_array_equal(net.params, twin.params)
+
+
+def test_gathered_batches_take_the_rows_of_the_order():
+    from bpexp.trainer import train_epoch
+
+    net, data, cost = setup()
+    twin, _, _ = setup()
+    X, Y = data.X_train[:95], data.Y_train[:95]
+    order = np.arange(95)[::-1].copy()  # a last batch of 5 rows, gathered into a shorter view
+    opt = Optimizer("sgd", 0.5)
+    train_epoch(net, opt, opt.init(net.params), cost, X, Y, 10, order=order)
+    train_epoch(twin, opt, opt.init(twin.params), cost, X[::-1].copy(), Y[::-1].copy(), 10)
+    np.testing.assert_array_equal(net.params, twin.params)
+
+
+def test_train_metrics_on_a_fixed_subset_and_validation_complete():
+    net, data, cost = setup()
+    n = data.X_train.shape[0]
+    cfg = TrainerConfig(epochs=1, batch_size=10, instruments=False, eval_train_rows=200)
+    first = train(net, Optimizer("sgd", 0.5), cost, data, cfg, 7).history[0]
+    # An independent derivation of the subset: 200 rows of the stream SeedSequence([7, 5]).
+    rows = np.sort(np.random.default_rng(np.random.SeedSequence([7, 5])).permutation(n)[:200])
+    fresh, _, _ = setup()
+    a = fresh.forward(data.X_train[rows])
+    assert first["train/loss"] == cost.fn(a, data.Y_train[rows])
+    a_val = fresh.forward(data.X_val)
+    assert first["val/loss"] == cost.fn(a_val, data.Y_val)  # every validation row
+    # More rows asked than there are: every training row.
+    fresh, _, _ = setup()
+    cfg_all = TrainerConfig(epochs=1, batch_size=10, instruments=False, eval_train_rows=n + 1)
+    everything = train(fresh, Optimizer("sgd", 0.5), cost, data, cfg_all, 7).history[0]
+    again, _, _ = setup()
+    assert everything["train/loss"] == cost.fn(again.forward(data.X_train), data.Y_train)
+
+
+def test_bad_eval_train_rows_names_the_key():
+    import pytest
+
+    from bpexp.errors import ConfigError
+    from bpexp.trainer import validate
+
+    with pytest.raises(ConfigError, match="trainer.eval_train_rows"):
+        validate(TrainerConfig(eval_train_rows=0), 100)
