@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bpexp.data import DATASETS, IDX_FILES, load_dataset
+from bpexp.data import DATASETS, IDX_FILES, SYSTEM_FOLDERS, load_dataset
 from bpexp.errors import ConfigError
 
 # --- helpers -----------------------------------------------------------------------------
@@ -192,7 +192,9 @@ def test_idx_files_from_local_folder(tmp_path, name, compress):
     np.testing.assert_array_equal(data.X_test, TEST_IMAGES.reshape(5, 784) / 255)
     np.testing.assert_array_equal(data.Y_test.argmax(axis=1), TEST_LABELS)
     assert (data.n_inputs, data.n_outputs) == (784, 10)
-    assert not (tmp_path / "cache").exists()
+    # The cache holds the decoded arrays and their digests, never a copy of the sources.
+    cached = sorted(path.name for path in (tmp_path / "cache").iterdir())
+    assert len(cached) == 8 and all(name.endswith((".npy", ".npy.sha256")) for name in cached)
 
 
 def test_idx_validation_split_and_n_samples(tmp_path):
@@ -217,7 +219,8 @@ def test_download_verifies_caches_and_works_offline(tmp_path, mirror):
     cache = tmp_path / "cache"
     data = load_dataset("mnist", url=url, cache_dir=str(cache), sha256=hashes, val_fraction=0.0)
     np.testing.assert_array_equal(data.X_test, TEST_IMAGES.reshape(5, 784) / 255)
-    assert sorted(path.name for path in cache.iterdir()) == sorted(hashes)
+    downloaded = sorted(path.name for path in cache.iterdir() if path.name.endswith(".gz"))
+    assert downloaded == sorted(hashes)
     for name, digest in hashes.items():
         assert hashlib.sha256((cache / name).read_bytes()).hexdigest() == digest
 
@@ -225,6 +228,70 @@ def test_download_verifies_caches_and_works_offline(tmp_path, mirror):
     server.server_close()
     again = load_dataset("mnist", url=url, cache_dir=str(cache), sha256=hashes, val_fraction=0.0)
     np.testing.assert_array_equal(again.X_train, data.X_train)
+
+
+def decoded_files(cache: Path, stem: str) -> tuple[Path, Path]:
+    (npy,) = cache.glob(f"{stem}.*.npy")
+    return npy, npy.with_name(f"{npy.name}.sha256")
+
+
+def test_decoded_arrays_are_cached_as_npy_and_read_from_there(tmp_path):
+    write_idx_files(tmp_path / "idx", compress=True)
+    cache = tmp_path / "cache"
+    first = load_dataset(
+        "mnist", path=str(tmp_path / "idx"), val_fraction=0.0, cache_dir=str(cache)
+    )
+    npy, recorded = decoded_files(cache, "train-images-idx3-ubyte")
+    source = (tmp_path / "idx" / "train-images-idx3-ubyte.gz").read_bytes()
+    # Named after the source's digest; the sidecar holds the digest of the .npy itself.
+    assert hashlib.sha256(source).hexdigest()[:16] in npy.name
+    assert recorded.read_text().strip() == hashlib.sha256(npy.read_bytes()).hexdigest()
+    np.testing.assert_array_equal(np.load(npy), TRAIN_IMAGES)
+    # A later load reads the cache: an array put there with a matching digest is what it gets.
+    np.save(npy, 255 - TRAIN_IMAGES)
+    recorded.write_text(hashlib.sha256(npy.read_bytes()).hexdigest())
+    again = load_dataset(
+        "mnist", path=str(tmp_path / "idx"), val_fraction=0.0, cache_dir=str(cache)
+    )
+    np.testing.assert_array_equal(again.X_train, (255 - TRAIN_IMAGES).reshape(20, 784) / 255)
+    np.testing.assert_array_equal(again.X_test, first.X_test)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda data: data[: len(data) // 2],
+        lambda data: data[:-1] + bytes([data[-1] ^ 1]),
+        lambda data: b"",
+    ],
+    ids=["cut", "one-bit", "empty"],
+)
+def test_corrupt_cached_npy_is_detected_and_rebuilt(tmp_path, damage):
+    write_idx_files(tmp_path / "idx", compress=False)
+    cache = tmp_path / "cache"
+    load = partial(
+        load_dataset, "mnist", path=str(tmp_path / "idx"), val_fraction=0.0, cache_dir=str(cache)
+    )
+    first = load()
+    npy, recorded = decoded_files(cache, "t10k-images-idx3-ubyte")
+    good = npy.read_bytes()
+    npy.write_bytes(damage(good))
+    again = load()
+    np.testing.assert_array_equal(again.X_test, TEST_IMAGES.reshape(5, 784) / 255)
+    np.testing.assert_array_equal(again.X_test, first.X_test)
+    assert npy.read_bytes() == good  # rebuilt
+    assert recorded.read_text().strip() == hashlib.sha256(good).hexdigest()
+
+
+def test_a_changed_source_is_decoded_anew(tmp_path):
+    folder = tmp_path / "idx"
+    write_idx_files(folder, compress=False)
+    cache = tmp_path / "cache"
+    load_dataset("mnist", path=str(folder), val_fraction=0.0, cache_dir=str(cache))
+    (folder / "train-images-idx3-ubyte").write_bytes(idx_bytes(255 - TRAIN_IMAGES))
+    data = load_dataset("mnist", path=str(folder), val_fraction=0.0, cache_dir=str(cache))
+    np.testing.assert_array_equal(data.X_train, (255 - TRAIN_IMAGES).reshape(20, 784) / 255)
+    assert len(list(cache.glob("train-images-idx3-ubyte.*.npy"))) == 2
 
 
 def test_download_with_wrong_checksum_keeps_nothing(tmp_path, mirror):
@@ -282,6 +349,52 @@ def test_wrong_idx_magic_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="magic number") as caught:
         load_dataset("mnist", path=str(folder), cache_dir=str(tmp_path / "cache"))
     assert str(broken) in str(caught.value)
+
+
+# --- the real Fashion-MNIST from Debian's package -----------------------------------------
+
+FASHION_FOLDER = SYSTEM_FOLDERS["fashion_mnist"]
+needs_fashion = pytest.mark.skipif(
+    not all((FASHION_FOLDER / f"{stem}.gz").is_file() for stem in IDX_FILES),
+    reason=f"no Fashion-MNIST in {FASHION_FOLDER} (apt-get install dataset-fashion-mnist)",
+)
+
+
+@pytest.fixture(scope="module")
+def fashion_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("fashion-cache")
+
+
+@needs_fashion
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_fashion_mnist_from_debians_folder(fashion_cache, dtype):
+    data = load_dataset(
+        "fashion_mnist", val_fraction=1 / 6, cache_dir=str(fashion_cache), dtype=dtype
+    )
+    assert (len(data.X_train), len(data.X_val), len(data.X_test)) == (50_000, 10_000, 10_000)
+    assert data.X_train.dtype == dtype and data.X_train.flags.c_contiguous
+    assert data.X_train.min() == 0 and data.X_train.max() == 1
+    # The published set: 6,000 images of each of the 10 classes to train, 1,000 to test.
+    train_labels = np.concatenate([data.Y_train, data.Y_val]).argmax(axis=1)
+    assert np.bincount(train_labels).tolist() == [6000] * 10
+    assert np.bincount(data.Y_test.argmax(axis=1)).tolist() == [1000] * 10
+    # The images are the decoded source, divided by 255 in the run's dtype.
+    with gzip.open(FASHION_FOLDER / "t10k-images-idx3-ubyte.gz") as source:
+        raw = np.frombuffer(source.read(), np.uint8, offset=16).reshape(10_000, 784)
+    np.testing.assert_array_equal(data.X_test, raw.astype(dtype) / 255)
+    assert len(list(fashion_cache.glob("*.npy"))) == 4
+
+
+@needs_fashion
+def test_data_path_first_then_debians_folder_then_the_cache(tmp_path, fashion_cache):
+    write_idx_files(tmp_path / "idx", compress=True)
+    mine = load_dataset(
+        "fashion_mnist", path=str(tmp_path / "idx"), val_fraction=0.0, cache_dir=str(fashion_cache)
+    )
+    assert len(mine.X_train) == 20
+    write_idx_files(fashion_cache, compress=True)  # the cache has files too: Debian's win
+    system = load_dataset("fashion_mnist", val_fraction=0.0, cache_dir=str(fashion_cache))
+    assert (len(system.X_train), len(system.X_test)) == (60_000, 10_000)
 
 
 # --- the user's own .npz -----------------------------------------------------------------
