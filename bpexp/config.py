@@ -50,6 +50,7 @@ class OptimizerConfig:
     bias_correction: bool = False
     beta2: float = 0.999
     eps: float = 1e-8
+    weight_decay: float = 0.0  # λ: cost C + λ/(2n) Σ‖W‖², n = training-set size
 
 
 @dataclass
@@ -111,6 +112,7 @@ def to_optimizer(cfg: OptimizerConfig | DictConfig) -> Optimizer:
         bias_correction=cfg.bias_correction,
         beta2=cfg.beta2,
         eps=cfg.eps,
+        weight_decay=cfg.weight_decay,
     )
 
 

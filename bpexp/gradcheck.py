@@ -15,21 +15,34 @@ import argparse
 import numpy as np
 
 from bpexp.cost import Cost, get_cost
-from bpexp.network import Network, initialize
+from bpexp.network import Network, add_l2_gradient, initialize, l2_penalty
 from bpexp.rng import stream
 
 Array = np.ndarray
 
 
-def numerical_gradient(net: Network, X: Array, Y: Array, cost: Cost, h: float = 1e-5) -> Array:
-    """Centred differences of C with respect to every entry of ``net.params``."""
+def numerical_gradient(
+    net: Network,
+    X: Array,
+    Y: Array,
+    cost: Cost,
+    h: float = 1e-5,
+    weight_decay: float = 0.0,
+    n: int = 1,
+) -> Array:
+    """Centred differences of C + λ/(2n) Σ‖W‖² (λ = ``weight_decay``) with respect to every
+    entry of ``net.params``."""
+
+    def total_cost() -> float:
+        return cost.fn(net.forward(X), Y) + l2_penalty(net, weight_decay, n)
+
     grad = np.zeros_like(net.params)
     for i in range(net.params.size):
         saved = net.params[i]
         net.params[i] = saved + h
-        plus = cost.fn(net.forward(X), Y)
+        plus = total_cost()
         net.params[i] = saved - h
-        minus = cost.fn(net.forward(X), Y)
+        minus = total_cost()
         net.params[i] = saved
         grad[i] = (plus - minus) / (2 * h)
     return grad
@@ -40,11 +53,22 @@ def relative_error(a: Array, n: Array) -> float:
     return float(np.linalg.norm(a - n) / scale) if scale > 0 else 0.0
 
 
-def check(net: Network, X: Array, Y: Array, cost: Cost, h: float = 1e-5) -> list[float]:
-    """The worst relative error of (∂C/∂W^l, ∂C/∂b^l) for each layer l = 1..L."""
+def check(
+    net: Network,
+    X: Array,
+    Y: Array,
+    cost: Cost,
+    h: float = 1e-5,
+    weight_decay: float = 0.0,
+    n: int = 1,
+) -> list[float]:
+    """The worst relative error of (∂C/∂W^l, ∂C/∂b^l) for each layer l = 1..L; with λ =
+    ``weight_decay`` > 0, of the regularised cost C + λ/(2n) Σ‖W‖² (the trainer's step)."""
     net.backprop(X, Y, cost)
+    if weight_decay:
+        add_l2_gradient(net, weight_decay / n, [np.empty_like(W) for W in net.W])
     backprop = net.grad.copy()
-    numeric = numerical_gradient(net, X, Y, cost, h)
+    numeric = numerical_gradient(net, X, Y, cost, h, weight_decay, n)
     errors, offset = [], 0
     for W, b in zip(net.W, net.b, strict=True):
         sl_W = slice(offset, offset + W.size)
@@ -85,12 +109,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cost", default="quadratic")
     parser.add_argument("--batch-size", type=int, default=7)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--weight-decay", type=float, default=0.0, help="λ of C + λ/(2n) Σ‖W‖²")
+    parser.add_argument("--n", type=int, default=1, help="n of the L2 term (training-set size)")
     args = parser.parse_args(argv)
     sizes = [args.inputs, *args.hidden, args.outputs]
     net, X, Y, cost = random_problem(
         sizes, args.activation, args.output_activation, args.cost, args.batch_size, args.seed
     )
-    errors = check(net, X, Y, cost)
+    errors = check(net, X, Y, cost, weight_decay=args.weight_decay, n=args.n)
     print(
         f"sizes={sizes} activation={args.activation} "
         f"output_activation={args.output_activation} cost={args.cost}"

@@ -150,6 +150,23 @@ class Network:
         return Trace(z=buf.z, a=[X, *buf.a], delta=buf.delta)
 
 
+def l2_penalty(net: Network, weight_decay: float, n: int) -> float:
+    """λ/(2n) Σ_l ‖W^l‖²: the L2 term of the regularised cost, over weights only (no biases),
+    with λ = ``weight_decay`` and n the training-set size (Nielsen's chapter 3)."""
+    return weight_decay / (2 * n) * sum(float(np.vdot(W, W)) for W in net.W)
+
+
+def add_l2_gradient(net: Network, coefficient: float, scratch: list[Array]) -> None:
+    """``gW^l += coefficient · W^l`` for every layer; biases untouched.
+
+    ∂/∂W of λ/(2n) Σ‖W‖² is (λ/n) W; the trainer passes ``coefficient = gradient_scale · λ/n``
+    because ``grad`` holds the scaled gradient. ``scratch`` holds one array shaped like each
+    W^l, so a step allocates nothing.
+    """
+    for W, gW, tmp in zip(net.W, net.gW, scratch, strict=True):
+        gW += np.multiply(W, coefficient, out=tmp)
+
+
 def param_views(flat: Array, shapes: list[tuple[int, int]]) -> tuple[list[Array], list[Array]]:
     """Views W^l (shape (n_l, n_{l-1})) and b^l into a flat parameter buffer laid out as
     ``W1, b1, W2, b2, ...`` (the layout of ``Network.params`` and ``Network.grad``)."""

@@ -24,6 +24,13 @@ that scaled gradient ``s``, so ``update(w, s, state)`` is the rule itself and
 the scale into δ^L (where it already folds 1/m) and calls ``update`` directly: on a 784-100-10
 network at batch 10 that saves one pass over every parameter, about 40% of the update.
 
+L2 regularisation (``weight_decay`` = λ, Nielsen's chapter 3) belongs to the cost, not to a
+rule: every rule descends C + λ/(2n) Σ_l ‖W^l‖², over weights only, n the training-set size,
+whose gradient adds (λ/n) W to ∂C/∂W. For sgd that is the decoupled step
+w ← (1 − ηλ/n) w − η g exactly. PyTorch's ``weight_decay`` wd adds wd · w to the gradient of
+every parameter it is given, biases included: bpexp's λ is torch's wd = λ/n on a parameter
+group of the weights, with wd = 0 for the biases (and for Adam, torch.optim.Adam, not AdamW).
+
 Adding a rule is one function and entries in ``RULES``, ``BUFFERS`` and ``gradient_scale``.
 """
 
@@ -69,6 +76,9 @@ class Optimizer:
     bias_correction: bool = False
     beta2: float = 0.999
     eps: float = 1e-8
+    # λ of the L2-regularised cost C + λ/(2n) Σ_l ‖W^l‖² (weights only, n = training-set
+    # size); its gradient (λ/n) W is added by the trainer (bpexp.network.add_l2_gradient).
+    weight_decay: float = 0.0
 
     def __post_init__(self) -> None:
         if self.name not in RULES:
@@ -83,6 +93,8 @@ class Optimizer:
             raise bad_value("optimizer.form", self.form, FORMS)
         if self.eps <= 0:
             raise bad_value("optimizer.eps", self.eps, "a number > 0")
+        if not (self.weight_decay >= 0 and np.isfinite(self.weight_decay)):
+            raise bad_value("optimizer.weight_decay", self.weight_decay, "a finite number >= 0")
         # Settings a rule would silently ignore are refused: two runs that compute the same
         # thing must not look different in the store.
         if self.form != "classical" and self.name != "momentum":

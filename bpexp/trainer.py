@@ -25,7 +25,7 @@ from bpexp.cost import Cost
 from bpexp.data import Dataset
 from bpexp.errors import bad_value
 from bpexp.instruments import DEFAULT_EPSILON
-from bpexp.network import Network
+from bpexp.network import Network, add_l2_gradient
 from bpexp.optimizer import Optimizer, State
 from bpexp.rng import stream
 
@@ -138,6 +138,7 @@ def train_epoch(
     stride: int = 0,
     step: int = 0,
     order: Array | None = None,
+    n_train: int | None = None,
 ) -> tuple[int, bool]:
     """One pass over (X, Y) in mini-batches, counting global steps from ``step``.
 
@@ -151,11 +152,14 @@ def train_epoch(
     anywhere in a batch's output error, scaled as the update will use it, stops the pass at
     once, before that step's update: its sum over the batch, ∂C/∂b^L (BP3), is already at hand,
     so the check costs one dot product of n_L numbers a step. Returns the global step reached
-    and whether the pass was stopped.
+    and whether the pass was stopped. With ``optimizer.weight_decay`` = λ the step follows the
+    regularised cost C + λ/(2n) Σ‖W‖², n = ``n_train`` (default: the rows of X).
     """
     gb_out = net.gb[-1]
     # backprop leaves gradient_scale · ∇C in net.grad, ready for Optimizer.update.
     scale = optimizer.gradient_scale
+    decay = scale * optimizer.weight_decay / (n_train or X.shape[0])
+    decay_scratch = [np.empty_like(W) for W in net.W] if decay else []
     if order is not None:
         X_batch = np.empty((batch_size, X.shape[1]), X.dtype)
         Y_batch = np.empty((batch_size, Y.shape[1]), Y.dtype)
@@ -176,6 +180,8 @@ def train_epoch(
             if on_step is not None:
                 on_step(step, cost.fn(net.trace(Xb).a[-1], Yb))
             return step, True
+        if decay:
+            add_l2_gradient(net, decay, decay_scratch)
         optimizer.update(net.params, net.grad, state)
         if want_loss and on_step is not None and on_step(step, loss):
             return step, True

@@ -204,3 +204,22 @@ def test_backprop_scale_multiplies_every_gradient():
         plain = net.grad.copy()
         net.backprop(X, Y, COSTS[cost], scale=-0.37)
         np.testing.assert_allclose(net.grad, -0.37 * plain, rtol=1e-12, atol=1e-16)
+
+
+@pytest.mark.parametrize(("output", "cost"), PAIRS)
+def test_gradient_check_covers_weight_decay(output, cost):
+    # C + λ/(2n) Σ‖W‖²: backprop plus (λ/n) W on the weights against centred differences of
+    # the whole regularised cost. A decayed bias or a missing factor would fail the bound.
+    net, X, Y, c = random_problem([4, 5, 3, 3], "tanh", output, cost, m=6, seed=3)
+    errors = check(net, X, Y, c, weight_decay=5.0, n=6)
+    assert max(errors) < 1e-7, errors
+    from bpexp.network import add_l2_gradient
+
+    net.backprop(X, Y, c)
+    biases = [gb.copy() for gb in net.gb]
+    weights = [gW.copy() for gW in net.gW]
+    add_l2_gradient(net, 5.0 / 6, [np.empty_like(W) for W in net.W])
+    for gb, before in zip(net.gb, biases, strict=True):
+        np.testing.assert_array_equal(gb, before)  # biases untouched
+    for gW, before, W in zip(net.gW, weights, net.W, strict=True):
+        np.testing.assert_allclose(gW, before + 5.0 / 6 * W, rtol=1e-15)

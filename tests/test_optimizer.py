@@ -222,3 +222,40 @@ def test_update_on_the_scaled_gradient_is_step(opt):
     if opt.name == "momentum":
         expected["momentum"] = -0.1 if opt.form == "classical" else 1.0 - 0.9
     assert opt.gradient_scale == expected[opt.name]
+
+
+def test_weight_decay_with_sgd_is_the_decoupled_step():
+    # C + λ/(2n) Σ‖W‖² under sgd: w ← (1 − ηλ/n) w − η ∂C/∂w on weights, biases as without.
+    from bpexp.cost import COSTS
+    from bpexp.data import load_dataset
+    from bpexp.network import Network, initialize
+    from bpexp.rng import stream
+    from bpexp.trainer import train_epoch
+
+    data = load_dataset("digits", seed=0)
+    X, Y = data.X_train[:300], data.Y_train[:300]
+    eta, lam, n = 0.5, 5.0, 300
+    nets = [Network([64, 12, 10], "sigmoid", "sigmoid") for _ in range(2)]
+    for net in nets:
+        initialize(net, "scaled_normal", stream(0, "init"))
+    opt = Optimizer("sgd", eta, weight_decay=lam)
+    train_epoch(nets[0], opt, opt.init(nets[0].params), COSTS["quadratic"], X, Y, 10)
+    twin = nets[1]
+    for start in range(0, n, 10):
+        twin.backprop(X[start : start + 10], Y[start : start + 10], COSTS["quadratic"])
+        for W in twin.W:
+            W *= 1 - eta * lam / n
+        twin.params -= eta * twin.grad
+    np.testing.assert_allclose(nets[0].params, twin.params, rtol=1e-12, atol=1e-15)
+    # λ changes the weights, and a run without it differs: the test can fail.
+    plain = Network([64, 12, 10], "sigmoid", "sigmoid")
+    initialize(plain, "scaled_normal", stream(0, "init"))
+    sgd = Optimizer("sgd", eta)
+    train_epoch(plain, sgd, sgd.init(plain.params), COSTS["quadratic"], X, Y, 10)
+    assert np.linalg.norm(nets[0].W[0]) < np.linalg.norm(plain.W[0])
+
+
+@pytest.mark.parametrize("value", [-0.1, float("inf"), float("nan")])
+def test_bad_weight_decay_names_the_key(value):
+    with pytest.raises(ConfigError, match="optimizer.weight_decay"):
+        Optimizer("sgd", 0.1, weight_decay=value)
