@@ -13,6 +13,16 @@ momentum (β = 0.9, η = 0.1):
 - ``torch``: PyTorch eager, ``nn.Linear`` + ``nn.Sigmoid``, ``torch.optim.SGD(momentum=0.9)``;
 - ``minimal``: a naive vectorised NumPy trainer written below in ~40 lines;
 - ``nielsen``: the per-sample loop of the classic book's ``network.py`` (column vectors).
+
+The real-data row (target 5) trains on Fashion-MNIST (Debian's ``dataset-fashion-mnist``;
+skipped without it): 784-100-10 ReLU, softmax cross-entropy, Xavier initialisation, classical
+momentum (β = 0.9, η = 0.01), batch 50, shuffled every epoch, no L2 term, 50,000 training rows.
+- ``bpexp``: ``bpexp.run`` with tracking and instruments off (compose, load, train with the
+  default per-epoch train/ and val/ metrics, test);
+- ``sklearn``: ``MLPClassifier(solver="sgd")`` with the same settings, ``fit`` then ``score``;
+- ``torch``: PyTorch eager, the same network, initial weights, batches and update.
+Each side is timed end to end (from the cached arrays, load included) and per epoch, and
+reports its test accuracy, so that the three are seen to learn the same thing.
 """
 
 import os
@@ -426,6 +436,179 @@ def compare_trainers(args, rows: list[Row], epoch_table: list[list[str]]) -> Non
                     )
 
 
+REAL_SIZES = (784, 100, 10)
+REAL_LR = 0.01
+REAL_BATCH = 50
+
+
+def real_data(dtype: str):
+    from bpexp.data import SYSTEM_FOLDERS
+
+    if not (SYSTEM_FOLDERS["fashion_mnist"] / "train-images-idx3-ubyte.gz").is_file():
+        return None
+    return load_dataset("fashion_mnist", val_fraction=1 / 6, seed=SEED, dtype=dtype)
+
+
+def real_bpexp(epochs: int, dtype: str, shuffle: bool = True):
+    """``bpexp.run`` as a user calls it; per-epoch seconds from the epoch records' times."""
+    import bpexp
+    from bpexp.trainer import EpochRecord
+
+    overrides = [
+        "data=fashion_mnist",
+        "network.hidden=[100]",
+        "network.activation=relu",
+        "network.output_activation=softmax",
+        "network.init=xavier",
+        "cost=softmax_cross_entropy",
+        "optimizer=momentum",
+        f"optimizer.lr={REAL_LR}",
+        "optimizer.beta=0.9",
+        f"trainer.batch_size={REAL_BATCH}",
+        f"trainer.epochs={epochs}",
+        f"trainer.dtype={dtype}",
+        f"trainer.shuffle={str(shuffle).lower()}",
+        "trainer.instruments=false",
+        "tracking.enabled=false",
+        f"seed={SEED}",
+    ]
+
+    def go() -> tuple[float, float]:
+        stamps = []
+        result = bpexp.run(
+            overrides,
+            listeners=[
+                lambda r: stamps.append(time.perf_counter()) if isinstance(r, EpochRecord) else None
+            ],
+        )
+        return statistics.median(np.diff(stamps)), result.metrics["test/accuracy"]
+
+    return go
+
+
+def real_sklearn(epochs: int, dtype: str):
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier
+
+    def go() -> tuple[float, float]:
+        data = real_data(dtype)
+        model = MLPClassifier(
+            hidden_layer_sizes=(100,),
+            activation="relu",
+            solver="sgd",
+            alpha=0.0,
+            batch_size=REAL_BATCH,
+            learning_rate="constant",
+            learning_rate_init=REAL_LR,
+            momentum=0.9,
+            nesterovs_momentum=False,
+            shuffle=True,
+            max_iter=epochs,
+            tol=0.0,
+            n_iter_no_change=epochs + 1,
+            random_state=SEED,
+        )
+        start = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            model.fit(data.X_train, data.Y_train.argmax(axis=1))
+        per_epoch = (time.perf_counter() - start) / epochs
+        return per_epoch, model.score(data.X_test, data.Y_test.argmax(axis=1))
+
+    return go
+
+
+def real_torch(epochs: int, dtype: str):
+    def go() -> tuple[float, float]:
+        data = real_data(dtype)
+        net = Network(REAL_SIZES, "relu", "softmax", "float64")
+        initialize(net, "xavier", stream(SEED, "init"))
+        tdtype = getattr(torch, dtype)
+        model = torch.nn.Sequential(
+            torch.nn.Linear(784, 100, dtype=tdtype),
+            torch.nn.ReLU(),
+            torch.nn.Linear(100, 10, dtype=tdtype),
+        )
+        with torch.no_grad():
+            for linear, W, b in zip(model[::2], net.W, net.b, strict=True):
+                linear.weight.copy_(torch.from_numpy(W))
+                linear.bias.copy_(torch.from_numpy(b))
+        optimizer = torch.optim.SGD(model.parameters(), lr=REAL_LR, momentum=0.9)
+        Xt = torch.from_numpy(data.X_train)
+        labels = torch.from_numpy(data.Y_train.argmax(axis=1))
+        shuffle = stream(SEED, "shuffle")  # the batches bpexp sees
+        seconds = []
+        for _ in range(epochs):
+            start = time.perf_counter()
+            order = torch.from_numpy(shuffle.permutation(len(Xt)))
+            for k in range(0, len(Xt), REAL_BATCH):
+                rows = order[k : k + REAL_BATCH]
+                optimizer.zero_grad()
+                F.cross_entropy(model(Xt[rows]), labels[rows]).backward()
+                optimizer.step()
+            seconds.append(time.perf_counter() - start)
+        with torch.no_grad():
+            predicted = model(torch.from_numpy(data.X_test)).argmax(dim=1).numpy()
+        accuracy = float(np.mean(predicted == data.Y_test.argmax(axis=1)))
+        return statistics.median(seconds), accuracy
+
+    return go
+
+
+def compare_real_data(args, rows: list[Row], real_table: list[list[str]]) -> None:
+    """Target 5: Fashion-MNIST end to end and per epoch, bpexp vs sklearn vs torch."""
+    if real_data("float32") is None:
+        progress("real data: no Fashion-MNIST (apt-get install dataset-fashion-mnist); skipped")
+        return
+    epochs = 2 if args.quick else 10
+    work = {
+        "bpexp": real_bpexp(epochs, "float64"),
+        "sklearn": real_sklearn(epochs, "float64"),
+        "torch": real_torch(epochs, "float64"),
+        "bpexp f32": real_bpexp(epochs, "float32"),
+        "bpexp unshuffled": real_bpexp(epochs, "float64", shuffle=False),
+    }
+    progress(f"Fashion-MNIST 784-100-10 b{REAL_BATCH}, {epochs} epochs, {args.real_rounds} rounds")
+    names = list(work)
+    total: dict[str, list[float]] = {name: [] for name in names}
+    per_epoch: dict[str, list[float]] = {name: [] for name in names}
+    accuracy: dict[str, float] = {}
+    for r in range(args.real_rounds):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            start = time.perf_counter()
+            per_epoch[name].append(0.0)
+            per_epoch[name][-1], accuracy[name] = work[name]()
+            total[name].append(time.perf_counter() - start)
+    ends, epochs_ = Timings(total), Timings(per_epoch)
+    for name in names:
+        real_table.append(
+            [
+                name,
+                f"{epochs_.median(name):.3f}",
+                f"{ends.median(name):.1f}",
+                f"{accuracy[name]:.4f}",
+            ]
+        )
+    case = f"Fashion-MNIST 784-100-10 b{REAL_BATCH} f64, {epochs} epochs"
+    rows.append(Row("5 bpexp/sklearn epoch", case, epochs_.ratio("bpexp", "sklearn"), "<= 0.6"))
+    rows.append(Row("5 bpexp/sklearn end to end", case, ends.ratio("bpexp", "sklearn"), "<= 1.0"))
+    rows.append(Row("5 bpexp/torch epoch", case, epochs_.ratio("bpexp", "torch"), "<= 1.0"))
+    rows.append(
+        Row(
+            "5 shuffled/unshuffled epoch",
+            case,
+            epochs_.ratio("bpexp", "bpexp unshuffled"),
+            "<= 1.05",
+        )
+    )
+    rows.append(Row("6 f32/f64 epoch", case, epochs_.ratio("bpexp f32", "bpexp"), "<= 1.0"))
+    gap = abs(accuracy["bpexp f32"] - accuracy["bpexp"]) * 100
+    rows.append(Row("6 |acc f32 - acc f64|, points", case, gap, "<= 0.3"))
+
+
 def compare_per_sample(args, rows: list[Row], epoch_table: list[list[str]]) -> None:
     """Target 3: the vectorised step against the book's per-sample loop, 784-30-10, batch 10."""
     n = 1_000 if args.quick else 5_000
@@ -586,16 +769,23 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer samples and rounds")
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds per comparison")
+    parser.add_argument("--real-rounds", type=int, default=None, help="rounds of the real-data row")
+    parser.add_argument("--only-real", action="store_true", help="only the real-data row")
     args = parser.parse_args(argv)
     if args.rounds is None:
         args.rounds = 3 if args.quick else 7
+    if args.real_rounds is None:
+        args.real_rounds = 1 if args.quick else 3
 
     started = time.perf_counter()
     rows: list[Row] = []
     epoch_table: list[list[str]] = []
-    compare_trainers(args, rows, epoch_table)
-    compare_per_sample(args, rows, epoch_table)
-    compare_instruments(args, rows, epoch_table)
+    real_table: list[list[str]] = []
+    if not args.only_real:
+        compare_trainers(args, rows, epoch_table)
+        compare_per_sample(args, rows, epoch_table)
+        compare_instruments(args, rows, epoch_table)
+    compare_real_data(args, rows, real_table)
 
     print("bench_core: bpexp NumPy core vs other trainers, one thread, timed side by side")
     print("\n".join(machine_lines()))
@@ -603,22 +793,28 @@ def main(argv: list[str] | None = None) -> None:
         f"mode: {'quick' if args.quick else 'full'}, {args.rounds} interleaved rounds, "
         f"median of per-round ratios; wall time {time.perf_counter() - started:.0f} s"
     )
-    print()
-    print("Seconds per epoch (median over rounds)")
-    print(
-        format_table(
-            [
-                "case",
-                "samples",
-                "bpexp",
-                "torch",
-                "minimal",
-                "nielsen",
-                "max|W - W_bpexp|, epoch 1",
-            ],
-            epoch_table,
+    if real_table:
+        print()
+        print("Fashion-MNIST, same settings on every side (median over rounds)")
+        header = ["trainer", "s/epoch", "end to end s", "test accuracy"]
+        print(format_table(header, real_table))
+    if epoch_table:
+        print()
+        print("Seconds per epoch (median over rounds)")
+        print(
+            format_table(
+                [
+                    "case",
+                    "samples",
+                    "bpexp",
+                    "torch",
+                    "minimal",
+                    "nielsen",
+                    "max|W - W_bpexp|, epoch 1",
+                ],
+                epoch_table,
+            )
         )
-    )
     print()
     print("Ratios (time ratio unless named otherwise)")
     print(

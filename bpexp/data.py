@@ -187,20 +187,20 @@ def load_dataset(
     else:
         X_test, Y_test = X[test], Y[test]
 
-    def as_float(array: np.ndarray) -> np.ndarray:
-        if source.divisor == 1:
+    def as_float(array: np.ndarray, divisor: int = 1) -> np.ndarray:
+        if divisor == 1:
             return np.ascontiguousarray(array, dtype=dtype)
         # One pass from the raw integers to the scaled floats, into the final array.
         out = np.empty(array.shape, dtype)
-        return np.divide(array, source.divisor, out=out, dtype=dtype)
+        return np.divide(array, divisor, out=out, dtype=dtype)
 
     return Dataset(
         name=name,
-        X_train=as_float(X[train]),
+        X_train=as_float(X[train], source.divisor),
         Y_train=as_float(Y[train]),
-        X_val=as_float(X[val]),
+        X_val=as_float(X[val], source.divisor),
         Y_val=as_float(Y[val]),
-        X_test=as_float(X_test),
+        X_test=as_float(X_test, source.divisor),
         Y_test=as_float(Y_test),
         task=source.task,
     )
@@ -227,7 +227,7 @@ class _Source(NamedTuple):
     X_test: np.ndarray | None
     Y_test: np.ndarray | None
     task: str
-    divisor: int = 1  # X and X_test are divided by this when cast (255 for 8-bit pixels)
+    divisor: int = 1  # X and X_test (not Y) are divided by this when cast: 255 for 8-bit pixels
 
 
 def _is_int(value: object) -> bool:

@@ -188,9 +188,9 @@ def test_idx_files_from_local_folder(tmp_path, name, compress):
         name, path=str(tmp_path / "idx"), val_fraction=0.0, cache_dir=str(tmp_path / "cache")
     )
     np.testing.assert_array_equal(data.X_train, TRAIN_IMAGES.reshape(20, 784) / 255)
-    np.testing.assert_array_equal(data.Y_train.argmax(axis=1), TRAIN_LABELS)
+    np.testing.assert_array_equal(data.Y_train, np.eye(10)[TRAIN_LABELS])
     np.testing.assert_array_equal(data.X_test, TEST_IMAGES.reshape(5, 784) / 255)
-    np.testing.assert_array_equal(data.Y_test.argmax(axis=1), TEST_LABELS)
+    np.testing.assert_array_equal(data.Y_test, np.eye(10)[TEST_LABELS])
     assert (data.n_inputs, data.n_outputs) == (784, 10)
     # The cache holds the decoded arrays and their digests, never a copy of the sources.
     cached = sorted(path.name for path in (tmp_path / "cache").iterdir())
@@ -378,6 +378,8 @@ def test_fashion_mnist_from_debians_folder(fashion_cache, dtype):
     train_labels = np.concatenate([data.Y_train, data.Y_val]).argmax(axis=1)
     assert np.bincount(train_labels).tolist() == [6000] * 10
     assert np.bincount(data.Y_test.argmax(axis=1)).tolist() == [1000] * 10
+    for Y in (data.Y_train, data.Y_val, data.Y_test):  # one-hot rows
+        assert set(np.unique(Y)) == {0, 1} and (Y.sum(axis=1) == 1).all()
     # The images are the decoded source, divided by 255 in the run's dtype.
     with gzip.open(FASHION_FOLDER / "t10k-images-idx3-ubyte.gz") as source:
         raw = np.frombuffer(source.read(), np.uint8, offset=16).reshape(10_000, 784)
