@@ -790,7 +790,8 @@ def main(argv: list[str] | None = None) -> None:
     print("bench_core: bpexp NumPy core vs other trainers, one thread, timed side by side")
     print("\n".join(machine_lines()))
     print(
-        f"mode: {'quick' if args.quick else 'full'}, {args.rounds} interleaved rounds, "
+        f"mode: {'quick' if args.quick else 'full'}, {args.rounds} interleaved rounds "
+        f"({args.real_rounds} for the real-data row), "
         f"median of per-round ratios; wall time {time.perf_counter() - started:.0f} s"
     )
     if real_table:
