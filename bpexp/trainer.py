@@ -145,7 +145,7 @@ def train_epoch(
     The batches are consecutive rows of (X, Y), or with ``order`` (a permutation of the rows)
     consecutive slices of ``order``: batch k is ``X[order[k m : (k + 1) m]]``. Each batch is
     gathered into a buffer of m rows just before its step, so a shuffled epoch needs no
-    second copy of the training set and reads every row once, while it is hot in cache.
+    second copy of the training set, and the step finds its batch hot in cache.
 
     Every ``stride`` global steps (0: never) the batch loss is computed and passed to
     ``on_step(step, loss)``, which returns True to stop (a loss above the bound). A NaN or inf
