@@ -572,7 +572,8 @@ def test_default_cache_folder_is_under_home(tmp_path, monkeypatch, mirror):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     data = load_dataset("mnist", url=url, sha256=hashes, val_fraction=0.0)
     cache = tmp_path / "home" / ".cache" / "bpexp" / "mnist"
-    assert sorted(path.name for path in cache.iterdir()) == sorted(hashes)
+    downloaded = sorted(path.name for path in cache.iterdir() if path.name.endswith(".gz"))
+    assert downloaded == sorted(hashes)
     server.shutdown()
     again = load_dataset("mnist", sha256=hashes, val_fraction=0.0)  # offline: from the cache
     np.testing.assert_array_equal(again.X_train, data.X_train)
@@ -606,6 +607,8 @@ def test_the_default_download_checks_the_published_sha256(tmp_path, monkeypatch,
     # mirror's (synthetic) first file is refused, naming the published digest.
     url, _, _ = mirror
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    # Debian's folder comes before any download: point it elsewhere to reach the download.
+    monkeypatch.setitem(SYSTEM_FOLDERS, "fashion_mnist", tmp_path / "no-debian-folder")
     with pytest.raises(ConfigError) as caught:
         load_dataset(name, url=url)
     expected = PUBLISHED_SHA256[(name, "train-images")]
@@ -634,6 +637,8 @@ def test_fashion_mnist_builtin_checksums_on_debians_files(tmp_path, monkeypatch)
     # headers carry the build date), so its .gz bytes are not the published ones: the built-in
     # sha256 values must refuse them on the default download path, into the default cache.
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    # Debian's folder comes before any download: point it elsewhere to reach the download.
+    monkeypatch.setitem(SYSTEM_FOLDERS, "fashion_mnist", tmp_path / "no-debian-folder")
     cache = tmp_path / "home" / ".cache" / "bpexp" / "fashion_mnist"
     url, server, thread = serve(DEBIAN_FASHION)
     try:
@@ -655,7 +660,7 @@ def test_fashion_mnist_builtin_checksums_on_debians_files(tmp_path, monkeypatch)
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
-    assert sorted(p.name for p in cache.iterdir()) == sorted(own)
+    assert sorted(p.name for p in cache.iterdir() if p.name.endswith(".gz")) == sorted(own)
     assert data.X_train.shape == (60000, 784) and data.X_test.shape == (10000, 784)
     assert np.bincount(data.Y_train.argmax(axis=1)).tolist() == [6000] * 10
     assert np.bincount(data.Y_test.argmax(axis=1)).tolist() == [1000] * 10
