@@ -15,11 +15,13 @@ Store: ``tracking.uri``, else ``$MLFLOW_TRACKING_URI``, else MLflow's own defaul
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import hashlib
 import json
 import os
 import platform
+import sqlite3
 import subprocess
 import time
 import urllib.error
@@ -87,6 +89,7 @@ def connect(uri: str, timeout: float = 10.0) -> MlflowClient:
         folder = Path(uri.removeprefix("sqlite:///")).expanduser().resolve().parent
         if not folder.is_dir():
             raise TrackingError(f"tracking.uri={uri!r}: folder {str(folder)!r} does not exist")
+        create_sqlite_store(uri, timeout)
     client = MlflowClient(tracking_uri=uri)
     try:
         client.search_experiments(max_results=1)  # creates a fresh SQLite schema, once
@@ -95,6 +98,94 @@ def connect(uri: str, timeout: float = 10.0) -> MlflowClient:
     if uri.startswith("sqlite:///"):
         client = _CHECKED_SQLITE.setdefault(uri, client)  # one dict operation: atomic
     return client
+
+
+def create_sqlite_store(uri: str, timeout: float = 10.0) -> None:
+    """Make sure the SQLite store of ``uri`` exists with MLflow's whole schema before MLflow
+    opens it.
+
+    MLflow creates a missing database's tables in place, in ~60 migrations: two processes
+    opening a fresh store at once both create them ("duplicate column name: step"), and a
+    process opening it midway sees half a schema. Here the store is built in a temporary file
+    beside it and hard-linked into place, which is atomic and never replaces a file that
+    appeared meanwhile; a lock file beside the database (``mlflow.db.lock``) has concurrent
+    bpexp commands build it once. A store that another program (``mlflow ui``) is creating in
+    place is waited for, up to ``timeout`` seconds, until its schema is complete.
+    """
+    path = Path(uri.removeprefix("sqlite:///")).expanduser().resolve()
+    if _schema_complete(path):
+        return
+    try:
+        lock = open(path.with_name(path.name + ".lock"), "a")  # closed by the with below
+    except OSError as exc:
+        raise TrackingError(
+            f"tracking.uri={uri!r}: cannot create the store in folder {str(path.parent)!r} "
+            f"({exc.strerror}); use a writable folder"
+        ) from exc
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.exists():
+            _build_store_aside(path)
+    deadline = time.monotonic() + timeout
+    while not _schema_complete(path) and _being_created(path) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    # Past this, MLflow opens the file and says itself what is wrong with it (an old schema).
+
+
+def _build_store_aside(path: Path) -> None:
+    from mlflow.store.tracking import DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp_uri = f"sqlite:///{tmp}"
+    try:
+        # The default experiment's artifact folder is the one MlflowClient(uri) would give it.
+        SqlAlchemyStore(tmp_uri, DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH)
+        SqlAlchemyStore._engine_map.pop(tmp_uri).dispose()
+        try:
+            os.link(tmp, path)
+        except FileExistsError:  # another program created it meanwhile: that one is kept
+            pass
+    except OSError as exc:
+        raise TrackingError(
+            f"tracking.uri='sqlite:///{path}': cannot create the store in folder "
+            f"{str(path.parent)!r} ({exc.strerror}); use a writable folder"
+        ) from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@functools.cache
+def _schema_head() -> str:
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    return _get_latest_schema_revision()
+
+
+def _schema_complete(path: Path) -> bool:
+    """Whether the database at ``path`` holds MLflow's latest schema (read-only peek)."""
+    try:
+        if path.stat().st_size == 0:
+            return False
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1.0)
+    except (OSError, sqlite3.Error):
+        return False
+    try:
+        row = db.execute("SELECT version_num FROM alembic_version").fetchone()
+    except sqlite3.Error:  # no such table yet, or locked by the process creating it
+        return False
+    finally:
+        db.close()
+    return row is not None and row[0] == _schema_head()
+
+
+def _being_created(path: Path) -> bool:
+    """A missing, empty or recently written file may still be getting its schema; an old,
+    complete-looking one needs ``mlflow db upgrade``, not waiting."""
+    try:
+        return path.stat().st_size == 0 or time.time() - path.stat().st_mtime < 30
+    except FileNotFoundError:
+        return True
 
 
 # MLflow 3's UI opens an experiment without this tag on its GenAI overview; with it, on the
