@@ -8,6 +8,7 @@ python -m bpexp sweep=optimizers                 # a named sweep from sweeps/swe
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
@@ -40,12 +41,32 @@ class Terminated(KeyboardInterrupt):
     is closed as KILLED with its metrics kept."""
 
 
-def _on_sigterm(signum: int, frame: object) -> None:
-    raise Terminated
+def _on_stop_signal(signum: int, frame: object) -> None:
+    """Ctrl-C (SIGINT) or SIGTERM in the launching process.
+
+    The first one interrupts the run in progress here by raising; in a sweep whose jobs run in
+    other processes it stops the jobs instead and lets the launcher return (see
+    :func:`bpexp.sweep.stop_jobs`). A second one kills every job process and exits at once.
+    """
+    if sweep.stopping():
+        sweep.kill_jobs()
+        print(
+            "\nstopped at once (second signal); resuming the sweep closes its runs", file=sys.stderr
+        )
+        os._exit(128 + signum)
+    if sweep.stop_jobs(signum):
+        print(f"\n{signal.Signals(signum).name}: stopping the sweep's jobs", file=sys.stderr)
+        return
+    raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+
+
+def _exit_code(signum: int) -> int:
+    return 143 if signum == signal.SIGTERM else 130
 
 
 def main() -> None:
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGTERM, _on_stop_signal)
+    signal.signal(signal.SIGINT, _on_stop_signal)
     stopped = None
     try:
         _hydra_main()
@@ -56,10 +77,17 @@ def main() -> None:
         print("interrupted (a tracked run in progress was closed as KILLED)", file=sys.stderr)
         sys.exit(code)
     except BaseException as exc:
+        if sweep.stopping():  # the launcher gave up on jobs stopped by a signal (submitit)
+            sweep.finish("interrupted")
+            sys.exit(_exit_code(sweep.stopping()))
         if not isinstance(exc, SystemExit) or exc.code not in (0, None):
             stopped = "aborted"
         sweep.finish(stopped)
         raise
+    if sweep.stopping():  # the launcher collected the jobs stopped by a signal
+        sweep.finish("interrupted")
+        print("interrupted (the runs in progress were closed as KILLED)", file=sys.stderr)
+        sys.exit(_exit_code(sweep.stopping()))
     code = sweep.finish()
     if code:
         sys.exit(code)

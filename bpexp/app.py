@@ -246,8 +246,9 @@ def execute(
             out.run_id = logger.run_id
             _log_run_artifacts(logger, cfg, exp, tracking.plots)
             tr.end_run(logger, result.outcome)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         if logger is not None:
+            exc.run_id = logger.run_id  # for the sweep's summary row of this job
             _close_quietly(logger, "interrupted")
         raise
     except Exception:

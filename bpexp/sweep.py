@@ -26,7 +26,9 @@ import fcntl
 import gc
 import json
 import os
+import signal
 import sys
+import threading
 import traceback
 from datetime import datetime
 from pathlib import Path
@@ -67,6 +69,13 @@ BLAS_THREADS_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"
 # Once-per-process work of multirun jobs, done by the first job.
 _process = {"blas_limited": False, "frozen_after_job": False}
 
+# Ctrl-C and SIGTERM in a sweep (see stop_jobs and _on_job_signal). `launching`: this process
+# started the multirun; `jobs_elsewhere`: its launcher runs jobs in other processes (joblib,
+# submitit); `in_job`: a job is training in this process; `stopping`: the signal number of the
+# first stop signal this process got, 0 before.
+_stop = {"launching": False, "jobs_elsewhere": False, "in_job": False, "stopping": 0}
+STOP_FILE = ".stopping"  # in the sweep folder once the launching process got a stop signal
+
 
 def sweep_name(choices: dict) -> str:
     return choices.get("sweep") or "multirun"
@@ -81,6 +90,10 @@ class SweepCallback(Callback):
         os.environ[SWEEP_NAME_ENV] = name
         os.environ[SWEEP_START_ENV] = datetime.now().strftime("%Y-%m-%d %H:%M:%S")
         print(f"sweep {name!r}: outputs in {sweep_dir}", flush=True)
+        launcher = str((config.hydra.get("launcher") or {}).get("_target_", ""))
+        _stop["launching"] = True
+        _stop["jobs_elsewhere"] = "joblib" in launcher or "submitit" in launcher
+        (sweep_dir / STOP_FILE).unlink(missing_ok=True)  # left by an earlier, stopped sweep
         # After the environment above is set: the workers inherit it when they start.
         _start_joblib_workers(config)
         if config.tracking.enabled:
@@ -169,9 +182,15 @@ def _start_joblib_workers(config: DictConfig) -> None:
         multiprocessing.set_forkserver_preload(_job_modules(config))
         saved = {k: os.environ.get(k) for k in BLAS_THREADS_ENV}
         os.environ.update(dict.fromkeys(BLAS_THREADS_ENV, "1"))
+        # The server ignores SIGINT by itself; SIGTERM ignored too (the disposition goes
+        # through exec), since loky takes the server's end for the end of every worker forked
+        # from it (exit code 255), and a SIGTERM to the process group reaches the server too.
+        # Workers keep ignoring it until their first job handles it (_on_job_signal).
+        sigterm = signal.signal(signal.SIGTERM, signal.SIG_IGN)
         try:
             forkserver.ensure_running()
         finally:
+            signal.signal(signal.SIGTERM, sigterm)
             for key, value in saved.items():
                 if value is None:
                     os.environ.pop(key)
@@ -211,9 +230,98 @@ def _freeze_heap() -> None:
     gc.freeze()
 
 
+def stop_jobs(signum: int) -> bool:
+    """The launching process got its first Ctrl-C or SIGTERM; True if it should not raise.
+
+    Where the jobs run in other processes (joblib's workers, submitit's tasks), raising here
+    would make the launcher tear them down (SIGKILL) while they close their runs. Instead the
+    sweep folder gets a ``.stopping`` file, the signal is passed on to every process below this
+    one (a terminal's Ctrl-C already reached them; ``kill PID`` did not), and the launcher is
+    left to collect the jobs: each job in progress closes its run as KILLED (outcome
+    interrupted) with its points and reports ``interrupted``, and a job starting after that
+    returns at once (see :func:`_on_job_signal`). The summary and the parent run are then
+    closed as for any interrupted sweep. A job running in this process itself (basic launcher,
+    joblib with one job at a time) is interrupted by raising, as before.
+    """
+    _stop["stopping"] = signum
+    if not (_stop["launching"] and _stop["jobs_elsewhere"]) or _stop["in_job"]:
+        return False
+    sweep_dir = os.environ.get(SWEEP_DIR_ENV)
+    if sweep_dir:
+        Path(sweep_dir, STOP_FILE).touch()
+    # SIGTERM for both: submitit's local controller passes SIGTERM on to its tasks (on SIGINT it
+    # kills them after 1 s); a job process treats both alike.
+    _signal_descendants(signal.SIGTERM)
+    return True
+
+
+def stopping() -> int:
+    """The signal number of the stop signal this process got, or 0."""
+    return _stop["stopping"]
+
+
+def kill_jobs() -> None:
+    """A second Ctrl-C: SIGKILL every process below this one (runs in progress stay RUNNING
+    until the sweep is resumed, which marks them interrupted)."""
+    _signal_descendants(signal.SIGKILL)
+
+
+def _signal_descendants(signum: int) -> None:
+    """Send ``signum`` to every process below this one (Linux's /proc; elsewhere, none)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # the process ended meanwhile
+            continue
+        ppid = int(text[text.rindex(")") + 2 :].split()[1])  # after "pid (comm) state"
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    todo, found = [os.getpid()], []
+    while todo:
+        below = children.get(todo.pop(), [])
+        found += below
+        todo += below
+    for pid in found:
+        try:
+            os.kill(pid, signum)
+        except OSError:
+            pass
+
+
+def _on_job_signal(signum: int, frame: object) -> None:
+    """Ctrl-C or SIGTERM in a job process other than the launching one: interrupt the job in
+    progress (its run is closed as KILLED), once; the launching process passes on what a
+    terminal also sent, so repeats are ignored, and a second Ctrl-C is the launching process's
+    to act on (it kills every job at once)."""
+    if _stop["stopping"]:
+        return
+    _stop["stopping"] = signum
+    if _stop["in_job"]:
+        raise KeyboardInterrupt
+
+
+def _handle_signals_in_job_process() -> None:
+    """In job processes (joblib's workers, submitit's tasks), from their first job on: the
+    default SIGTERM would end them with their run left RUNNING (submitit even ignores it)."""
+    if _stop["launching"] or signal.getsignal(signal.SIGTERM) is _on_job_signal:
+        return
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _on_job_signal)
+        signal.signal(signal.SIGTERM, _on_job_signal)
+
+
 def run_job(cfg: DictConfig) -> dict:
-    """One job of a multirun: run it, record its result file, never raise (but on Ctrl-C)."""
-    row = _run_job(cfg)
+    """One job of a multirun: run it, record its result file, never raise (but on Ctrl-C in
+    the launching process)."""
+    _handle_signals_in_job_process()
+    sweep_dir = os.environ.get(SWEEP_DIR_ENV)
+    if _stop["stopping"] or (sweep_dir and Path(sweep_dir, STOP_FILE).exists()):
+        return {}  # the sweep is stopping: this job does not start
+    _stop["in_job"] = True
+    try:
+        row = _run_job(cfg)
+    finally:
+        _stop["in_job"] = False
     if not _process["frozen_after_job"]:
         _process["frozen_after_job"] = True
         _freeze_heap()
@@ -263,10 +371,13 @@ def _run_job(cfg: DictConfig) -> dict:
     except TrackingError as exc:
         row |= {"outcome": "failed", "error": str(exc)}
         print(f"error: {exc}", file=sys.stderr, flush=True)
-    except KeyboardInterrupt:
-        row["outcome"] = "interrupted"
+    except KeyboardInterrupt as exc:
+        row |= {"outcome": "interrupted", "run_id": getattr(exc, "run_id", None)}
         _write_result(sweep_dir, row)
-        raise
+        if _stop["launching"]:
+            raise
+        # A job process (see stop_jobs): the job returns, so that the launcher collects it.
+        return row
     except Exception as exc:
         row |= {"outcome": "failed", "error": f"{type(exc).__name__}: {exc}"}
         traceback.print_exc()

@@ -11,6 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
@@ -102,3 +103,87 @@ def test_commands_started_together_on_a_fresh_folder_all_succeed(tmp_path, attem
     assert sorted(int(r.data.params["seed"]) for r in runs) == [0, 1, 2]
     assert {r.info.status for r in runs} == {"FINISHED"}
     assert not list(tmp_path.glob(".mlflow.db.*.tmp"))  # the store built aside was moved in
+
+
+def wait_for_training_runs(uri: str, count: int, proc: subprocess.Popen, seconds: float = 240):
+    """Wait until ``count`` runs of the store are RUNNING with a logged epoch."""
+    client = MlflowClient(tracking_uri=uri)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, output(proc)[-3000:]
+        experiment = client.get_experiment_by_name("bpexp")
+        if experiment is not None:
+            runs = client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'")
+            training = [r for r in runs if "train/loss" in r.data.metrics]
+            if len(training) >= count:
+                return
+        time.sleep(0.5)
+    raise AssertionError(f"{count} runs not training after {seconds} s:\n{output(proc)[-3000:]}")
+
+
+def sweep_runs(uri: str):
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("bpexp").experiment_id])
+    parents = [r for r in runs if r.data.tags.get("bpexp.kind") == "sweep"]
+    return client, parents, [r for r in runs if r not in parents]
+
+
+LONG_SWEEP = ["-m", "optimizer=sgd,momentum,nesterov", "seed=0,1", "trainer.epochs=3000"]
+
+
+@pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_to_the_process_group_stops_a_parallel_sweep(tmp_path, store_uri, launcher, sig):
+    """As a terminal's Ctrl-C (or a SIGTERM to the job's processes): every job in progress
+    closes its run as KILLED with its points, no new job starts, the summary is written, the
+    parent run is KILLED and the command exits 130 (SIGINT) or 143 (SIGTERM)."""
+    args = [*LONG_SWEEP, f"hydra/launcher={launcher}", "tracking.plots=false"]
+    proc = popen_cli([*args, f"tracking.uri={store_uri}"], tmp_path)
+    try:
+        wait_for_training_runs(store_uri, 2, proc)
+        time.sleep(1.0)  # a few epochs more
+        os.killpg(proc.pid, sig)
+        start = time.monotonic()
+        proc.wait(timeout=120)
+        print(f"{launcher}: exited {time.monotonic() - start:.1f} s after {sig.name}")
+    finally:
+        stop_group(proc)
+    log = output(proc)
+    assert proc.returncode == 128 + sig, log[-3000:]
+    client, (parent,), children = sweep_runs(store_uri)
+    assert parent.info.status == "KILLED"
+    assert children and {r.info.status for r in children} == {"KILLED"}, log[-3000:]
+    assert {r.data.tags["outcome"] for r in children} == {"interrupted"}
+    for run in children:  # every point up to the signal is kept, none of 3000 epochs done
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
+        assert 1 <= len(steps) < 3000 and steps == list(range(len(steps)))
+    (summary,) = tmp_path.glob("multirun/*/*/summary.csv")
+    table = pd.read_csv(summary)
+    assert set(table["outcome"]) == {"interrupted"}
+    assert sorted(table["run_id"]) == sorted(r.info.run_id for r in children)
+    if launcher == "joblib":  # two workers: the jobs queued behind them never started
+        assert len(children) == 2
+
+
+def test_second_ctrl_c_kills_every_process_at_once(tmp_path, store_uri):
+    args = [*LONG_SWEEP, "hydra/launcher=joblib", "tracking.plots=false"]
+    proc = popen_cli([*args, f"tracking.uri={store_uri}"], tmp_path)
+    try:
+        wait_for_training_runs(store_uri, 2, proc)
+        os.killpg(proc.pid, signal.SIGINT)
+        time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=60)
+        assert proc.returncode == 130, output(proc)[-3000:]
+        assert "stopped at once" in output(proc)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # the workers were killed too
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError("processes of the sweep still alive 30 s after a second Ctrl-C")
+    finally:
+        stop_group(proc)
