@@ -94,6 +94,8 @@ class SweepCallback(Callback):
         _stop["launching"] = True
         _stop["jobs_elsewhere"] = "joblib" in launcher or "submitit" in launcher
         (sweep_dir / STOP_FILE).unlink(missing_ok=True)  # left by an earlier, stopped sweep
+        if "submitit" in launcher:
+            _keep_sigint_from_launched_processes()
         # After the environment above is set: the workers inherit it when they start.
         _start_joblib_workers(config)
         if config.tracking.enabled:
@@ -288,6 +290,26 @@ def _signal_descendants(signum: int) -> None:
             pass
 
 
+def _keep_sigint_from_launched_processes() -> None:
+    """Block SIGINT in the main thread, which starts submitit's processes, and take it in a
+    thread of its own instead: Python still runs the handler in the main thread.
+
+    Each submitit_local job has a controller process that, on Ctrl-C, SIGKILLs its task one
+    second later, often before the job has closed its run. A blocked signal stays blocked
+    through fork and exec, so the controllers never see Ctrl-C (SIGTERM they pass on to their
+    task), and the tasks take it once their first job unblocks it (_handle_signals_in_job_process).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+    def receive() -> None:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        threading.Event().wait()
+
+    threading.Thread(target=receive, name="bpexp-sigint", daemon=True).start()
+
+
 def _on_job_signal(signum: int, frame: object) -> None:
     """Ctrl-C or SIGTERM in a job process other than the launching one: interrupt the job in
     progress (its run is closed as KILLED), once; the launching process passes on what a
@@ -308,6 +330,9 @@ def _handle_signals_in_job_process() -> None:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, _on_job_signal)
         signal.signal(signal.SIGTERM, _on_job_signal)
+        # Blocked in submitit's processes (see _keep_sigint_from_launched_processes); one
+        # that came meanwhile is delivered now, and the job does not start.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def run_job(cfg: DictConfig) -> dict:

@@ -160,7 +160,8 @@ def test_signal_to_the_process_group_stops_a_parallel_sweep(tmp_path, store_uri,
     (summary,) = tmp_path.glob("multirun/*/*/summary.csv")
     table = pd.read_csv(summary)
     assert set(table["outcome"]) == {"interrupted"}
-    assert sorted(table["run_id"]) == sorted(r.info.run_id for r in children)
+    # A job stopped before its run existed (loading its data) has a row and no run.
+    assert set(table["run_id"].dropna()) == {r.info.run_id for r in children}
     if launcher == "joblib":  # two workers: the jobs queued behind them never started
         assert len(children) == 2
 
