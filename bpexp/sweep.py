@@ -27,6 +27,7 @@ import gc
 import json
 import os
 import signal
+import socket
 import sys
 import threading
 import traceback
@@ -96,6 +97,10 @@ class SweepCallback(Callback):
         (sweep_dir / STOP_FILE).unlink(missing_ok=True)  # left by an earlier, stopped sweep
         if "submitit" in launcher:
             _keep_sigint_from_launched_processes()
+        # Held while this process lives, even through kill -9: tells a later sweep whether
+        # this sweep's parent run is stale (tracking.close_stale_runs).
+        _stop["running_lock"] = open(sweep_dir / ".running", "w")  # tracking.RUNNING_LOCK
+        fcntl.flock(_stop["running_lock"], fcntl.LOCK_EX)
         # After the environment above is set: the workers inherit it when they start.
         _start_joblib_workers(config)
         if config.tracking.enabled:
@@ -106,8 +111,13 @@ class SweepCallback(Callback):
             # sweep of invalid jobs leaves no run behind.
             uri = tr.tracking_uri(config.tracking.uri)
             client = tr.connect(uri, config.tracking.timeout_seconds)
-            tr.ensure_experiment(client, config.tracking.experiment)
+            experiment_id = tr.ensure_experiment(client, config.tracking.experiment)
             os.environ[TRACKING_URI_ENV] = uri
+            # Runs left RUNNING by a process that died hard (kill -9, second Ctrl-C): resuming
+            # a sweep closes them as interrupted first, so that they do not look alive.
+            stale = tr.close_stale_runs(client, experiment_id)
+            if stale:
+                print(f"closed {len(stale)} stale RUNNING run(s) as interrupted", flush=True)
         # Hydra composes every job's config here next, serially: no full collections meanwhile.
         _freeze_heap()
 
@@ -125,7 +135,12 @@ def ensure_parent(client, experiment_id: str) -> str:
         run = client.create_run(
             experiment_id,
             run_name=f"{name} {os.environ.get(SWEEP_START_ENV, '')}".strip(),
-            tags={"sweep": name, "bpexp.kind": "sweep", "bpexp.sweep_dir": str(sweep_dir)},
+            tags={
+                "sweep": name,
+                "bpexp.kind": "sweep",
+                "bpexp.sweep_dir": str(sweep_dir),
+                "bpexp.host": socket.gethostname(),
+            },
         )
         id_file.write_text(run.info.run_id)
         print(f"sweep {name!r}: parent run {run.info.run_id}", flush=True)

@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import platform
+import socket
 import sqlite3
 import subprocess
 import time
@@ -322,6 +323,7 @@ def start_run(
     commit = git_commit()
     if commit:
         all_tags["git.commit"] = commit
+    all_tags |= process_tags()
     if parent_run_id:
         all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
     run = client.create_run(experiment_id, tags=all_tags, run_name=run_name)
@@ -329,6 +331,57 @@ def start_run(
     for chunk in _chunks(param_list, 100):
         client.log_batch(run.info.run_id, params=chunk, synchronous=True)
     return RunLogger(client, run.info.run_id)
+
+
+def process_tags() -> dict[str, str]:
+    """Where a run is trained: a run left RUNNING by a process that is gone (kill -9, a lost
+    node) can then be told from one still training (see :func:`close_stale_runs`)."""
+    return {"bpexp.host": socket.gethostname(), "bpexp.pid": str(os.getpid())}
+
+
+RUNNING_LOCK = ".running"  # in a sweep folder, locked by the launching process while it lives
+
+
+def close_stale_runs(client: MlflowClient, experiment_id: str) -> list[str]:
+    """Close as KILLED (``outcome=interrupted``, tag ``bpexp.stale``) the experiment's RUNNING
+    runs whose process is gone: a run trained on this host by a pid that no longer exists,
+    or a sweep's parent run on this host whose folder's ``.running`` lock nobody holds.
+    Returns their ids. Runs of other hosts are left alone: their processes cannot be seen."""
+    host = socket.gethostname()
+    closed = []
+    for run in client.search_runs(
+        [experiment_id], "attributes.status = 'RUNNING'", max_results=1000
+    ):
+        tags = run.data.tags
+        if tags.get("bpexp.host") != host or not _process_gone(tags):
+            continue
+        stale = [RunTag("outcome", "interrupted"), RunTag("bpexp.stale", "process gone")]
+        client.log_batch(run.info.run_id, tags=stale, synchronous=True)
+        client.set_terminated(run.info.run_id, status=STATUS["interrupted"])
+        closed.append(run.info.run_id)
+    return closed
+
+
+def _process_gone(tags: dict[str, str]) -> bool:
+    if tags.get("bpexp.pid", "").isdigit():
+        try:
+            os.kill(int(tags["bpexp.pid"]), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # alive, another user's
+            return False
+        return False
+    sweep_dir = tags.get("bpexp.sweep_dir")
+    if tags.get("bpexp.kind") != "sweep" or not sweep_dir:
+        return False
+    try:
+        with open(Path(sweep_dir) / RUNNING_LOCK) as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:  # the launching process holds it: the sweep goes on
+        return False
+    except OSError:  # no lock file (folder gone, or older code): cannot tell
+        return False
+    return True
 
 
 def _param_value(value: object) -> str:

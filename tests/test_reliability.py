@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import cli_env, free_port
+from tests.conftest import cli_env, free_port, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -188,3 +189,41 @@ def test_second_ctrl_c_kills_every_process_at_once(tmp_path, store_uri):
             raise AssertionError("processes of the sweep still alive 30 s after a second Ctrl-C")
     finally:
         stop_group(proc)
+
+
+def test_runs_of_a_killed_sweep_are_closed_as_interrupted_when_it_resumes(tmp_path, store_uri):
+    from bpexp.tracking import close_stale_runs
+
+    args = ["-m", "trainer.epochs=2,3000", "tracking.plots=false", f"tracking.uri={store_uri}"]
+    proc = popen_cli(args, tmp_path)
+    try:
+        wait_for_training_runs(store_uri, 1, proc)
+        client, (parent,), children = sweep_runs(store_uri)
+        assert close_stale_runs(client, "1") == []  # alive: left alone
+        os.killpg(proc.pid, signal.SIGKILL)  # as kill -9, or a lost node: nothing is closed
+        proc.wait(timeout=30)
+    finally:
+        stop_group(proc)
+    _, _, children = sweep_runs(store_uri)
+    (killed,) = [r for r in children if r.info.status == "RUNNING"]
+    assert killed.data.tags["bpexp.host"] == socket.gethostname()
+    assert int(killed.data.tags["bpexp.pid"]) > 0
+
+    again = run_cli(["-m", "trainer.epochs=2", *args[2:]], tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "closed 2 stale RUNNING run(s) as interrupted" in again.stdout
+    client = MlflowClient(tracking_uri=store_uri)
+    killed = client.get_run(killed.info.run_id)
+    assert killed.info.status == "KILLED" and killed.data.tags["outcome"] == "interrupted"
+    assert killed.data.tags["bpexp.stale"] == "process gone"
+    assert client.get_run(parent.info.run_id).info.status == "KILLED"
+    assert len(client.get_metric_history(killed.info.run_id, "train/loss")) >= 1
+
+    report = run_cli(
+        [parent.info.run_id, "--tracking-uri", store_uri, "--no-log"],
+        tmp_path,
+        module="bpexp.report",
+    )
+    assert report.returncode == 0, report.stderr[-3000:]
+    index = Path(report.stdout.strip().splitlines()[-1]).read_text()
+    assert "runs: 2 (1 completed, 1 interrupted)" in index
