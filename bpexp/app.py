@@ -265,13 +265,22 @@ def execute(
 
 
 def _close_quietly(logger, outcome: str, trace: str | None = None) -> None:
-    """Close a run after an error without hiding that error under a second one."""
+    """Close a run after an error without hiding that error under a second one.
+
+    The reason (the traceback's last line) goes in the ``bpexp.error`` tag, so that a run whose
+    artifacts cannot be written (disk full, permission denied) still says why it FAILED.
+    """
     from bpexp import tracking as tr
 
-    try:
-        if trace is not None:
+    tags = {}
+    if trace is not None:
+        tags["bpexp.error"] = trace.strip().splitlines()[-1][:5000]  # MLflow's limit: 8000
+        try:
             _log_files(logger, {"traceback.txt": trace.encode()})
-        tr.end_run(logger, outcome)
+        except Exception as exc:  # the artifact store may be what failed
+            print(f"warning: run {logger.run_id}: no traceback.txt: {exc}", file=sys.stderr)
+    try:
+        tr.end_run(logger, outcome, tags)
     except Exception as exc:  # the store itself may be what failed
         print(f"warning: could not close run {logger.run_id} as {outcome}: {exc}", file=sys.stderr)
 

@@ -510,13 +510,13 @@ def _close_parent(uri: str, parent: str, sweep_dir: Path, table: pd.DataFrame, s
 
     client = tr.connect(uri)
     try:
+        # summary.csv stays in the sweep folder when the artifact store fails (disk full).
         client.log_artifact(parent, str(sweep_dir / "summary.csv"))
         if (sweep_dir / "protocol" / "protocol.json").exists():
             _log_protocol(client, parent, sweep_dir / "protocol")
-        try:
-            report.log_sweep(client, parent, sweep_dir, table)
-        except Exception as exc:
-            print(f"warning: no sweep report: {type(exc).__name__}: {exc}", file=sys.stderr)
+        report.log_sweep(client, parent, sweep_dir, table)
+    except Exception as exc:
+        print(f"warning: no sweep report: {type(exc).__name__}: {exc}", file=sys.stderr)
     finally:
         client.set_terminated(parent, status=status)
 

@@ -227,3 +227,61 @@ def test_runs_of_a_killed_sweep_are_closed_as_interrupted_when_it_resumes(tmp_pa
     assert report.returncode == 0, report.stderr[-3000:]
     index = Path(report.stdout.strip().splitlines()[-1]).read_text()
     assert "runs: 2 (1 completed, 1 interrupted)" in index
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """Mount a real tmpfs (``mount(dir, size, read_only)``); unmounted after the test. Tests run
+    as root, whom file modes do not stop: a read-only or full file system does."""
+    mounted = []
+
+    def mount(folder: Path, size: str = "1m", read_only: bool = False) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        options = f"size={size}" + (",ro" if read_only else "")
+        out = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if out.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here (needs root): {out.stderr.strip()}")
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_tracking_uri_in_a_read_only_folder_is_a_clear_error(tmp_path, tmpfs):
+    folder = tmpfs(tmp_path / "ro", read_only=True)
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    out = run_cli([f"tracking.uri={uri}", "trainer.epochs=1"], tmp_path)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr
+    assert f"error: tracking.uri={uri!r}: cannot create the store in folder" in out.stderr
+    assert "Read-only file system" in out.stderr
+    assert "epoch" not in out.stdout  # stopped before training
+
+
+def test_full_disk_for_artifacts_fails_each_run_with_its_reason_and_the_sweep_goes_on(
+    tmp_path, tmpfs
+):
+    """The artifacts of a SQLite store go to ./mlruns: a 64 KiB file system there fills up
+    with the first run's weights and plots."""
+    tmpfs(tmp_path / "mlruns", size="64k")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = run_cli(["-m", "seed=0,1", "trainer.epochs=2", f"tracking.uri={uri}"], tmp_path)
+    assert out.returncode == 1, out.stderr[-3000:]
+    client, (parent,), children = sweep_runs(uri)
+    assert len(children) == 2  # the second job ran after the first failed
+    for run in children:
+        assert run.info.status == "FAILED" and run.data.tags["outcome"] == "failed"
+        assert "No space left on device" in run.data.tags["bpexp.error"]
+        assert len(client.get_metric_history(run.info.run_id, "val/loss")) == 3  # epochs 0-2
+    assert parent.info.status == "FAILED"
+    table = pd.read_csv(next(tmp_path.glob("multirun/*/*/summary.csv")))
+    assert list(table["outcome"]) == ["failed", "failed"]
+    assert table["error"].str.contains("No space left on device").all()
+    assert "job 0 failed" in out.stderr and "job 1 failed" in out.stderr
