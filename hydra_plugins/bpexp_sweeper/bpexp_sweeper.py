@@ -31,6 +31,7 @@ from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig, OmegaConf
 
 from bpexp import protocol as proto
+from bpexp import sweep
 from bpexp.errors import ConfigError
 
 
@@ -136,6 +137,8 @@ class BpexpSweeper(Sweeper):
         tuned, tune_returns = self._tune(protocol, fixed, arms)
         returns += tune_returns
         tuned.to_csv(folder / "tune.csv", index=False)
+        if sweep.stopping():  # Ctrl-C or SIGTERM during tuning: no confirm stage
+            return returns
         chosen = proto.choose(protocol, tuned)
         settings_of = tuned.drop_duplicates(["arm", "setting"]).set_index(["arm", "setting"])
         for key in protocol.keys:
@@ -328,6 +331,8 @@ class BpexpSweeper(Sweeper):
         frames, returns = [], []
         print(f"protocol: tune stage (TPE), {protocol.budget} rounds", flush=True)
         for round_ in range(protocol.budget):
+            if sweep.stopping():
+                break
             trials, jobs, settings = {}, [], {}
             for arm, overrides in arms.items():
                 trial = studies[arm].ask()
