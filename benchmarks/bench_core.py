@@ -656,7 +656,9 @@ def compare_instruments(args, rows: list[Row], epoch_table: list[list[str]]) -> 
     never = 10**12  # a stride longer than the run: no batch loss is ever computed
 
     def run(instruments: bool, stride: int | None) -> Callable[[], None]:
-        cfg = trainer.TrainerConfig(epochs=epochs, batch_size=10, instruments=instruments)
+        cfg = trainer.TrainerConfig(
+            epochs=epochs, batch_size=10, instruments=instruments, sharpness_every=0
+        )
 
         def go() -> None:
             net = Network(sizes, "sigmoid", "sigmoid", "float64")
@@ -698,6 +700,86 @@ def compare_instruments(args, rows: list[Row], epoch_table: list[list[str]]) -> 
             f"{case} (stride {stride}, instruments off)",
             timings.ratio("step loss auto", "instruments off"),
             "<= 1.05",
+        )
+    )
+
+
+def compare_curvature(args, rows: list[Row], epoch_table: list[list[str]]) -> None:
+    """Target 5: the curvature and noise instruments, per measurement against one training
+    epoch, and a default digits run (instruments on) with sharpness at its default
+    ``trainer.sharpness_every`` against never."""
+    from bpexp import curvature, instruments
+
+    defaults = trainer.TrainerConfig()
+    epochs, every = defaults.epochs, defaults.sharpness_every
+    data = load_dataset("digits", seed=SEED, dtype="float64")
+    sizes = (64, 30, 10)
+    W0, b0 = initial_weights(sizes)
+    cost = COSTS["quadratic"]
+    optimizer = Optimizer("sgd", lr=3.0)  # the default run: SGD, lr 3, batch 10
+
+    def fresh() -> Network:
+        net = Network(sizes, "sigmoid", "sigmoid", "float64")
+        for W, b, W_init, b_init in zip(net.W, net.b, W0, b0, strict=True):
+            W[...] = W_init
+            b[...] = b_init
+        return net
+
+    def run(sharpness_every: int) -> Callable[[], None]:
+        cfg = trainer.TrainerConfig(epochs=epochs, sharpness_every=sharpness_every)
+        return lambda: trainer.train(fresh(), optimizer, cost, data, cfg, SEED)
+
+    # One measurement each on a net trained for 3 epochs (not at its initial weights, where
+    # Lanczos may converge unusually fast), probe = the default 256 training samples.
+    net = fresh()
+    trainer.train(net, optimizer, cost, data, trainer.TrainerConfig(epochs=3), SEED)
+    X, Y = data.X_train, data.Y_train
+    probe = np.sort(stream(SEED, "probe").permutation(len(X))[: defaults.probe_size])
+    Xp, Yp = X[probe], Y[probe]
+    start = stream(SEED, "sharpness").standard_normal(net.params.size)
+    params_init = net.params.copy()
+    state = optimizer.init(net.params)
+    lanczos = curvature.sharpness(net, Xp, Yp, cost, start, defaults.sharpness_iterations)
+
+    def noise() -> None:
+        net.backprop(Xp, Yp, cost)
+        instruments.gradient_noise(net, Xp)
+
+    case = f"digits 64-30-10 b10 f64, train() {epochs} epochs"
+    progress(f"{case}, sharpness every {every} / never")
+    work = {
+        "epoch": lambda: trainer.train_epoch(net, optimizer, state, cost, X, Y, 10),
+        "sharpness": lambda: curvature.sharpness(
+            net, Xp, Yp, cost, start, defaults.sharpness_iterations
+        ),
+        "grad_noise_scale": noise,  # with the probe backprop it needs (shared in train())
+        "distance_from_init": lambda: instruments.distances_from_init(net, params_init),
+        f"run, sharpness every {every}": run(every),
+        "run, sharpness never": run(0),
+    }
+    timings = interleave(work, args.rounds, warm_up(work), 0.3 if args.quick else 1.0)
+    for name in work:
+        unit = epochs if name.startswith("run") else 1
+        label = f"{name} ({lanczos.iterations} H v)" if name == "sharpness" else name
+        seconds = f"{timings.median(name) / unit:.5f}"
+        epoch_table.append([f"curvature: {label}", str(len(X)), seconds, "", "", "", ""])
+    measured = f"probe {len(Xp)}, per measurement / one training epoch"
+    rows.append(
+        Row(
+            "5 sharpness/epoch",
+            f"{measured} ({lanczos.iterations} Lanczos steps)",
+            timings.ratio("sharpness", "epoch"),
+            "<= 1.0",
+        )
+    )
+    for name in ("grad_noise_scale", "distance_from_init"):
+        rows.append(Row(f"5 {name}/epoch", measured, timings.ratio(name, "epoch"), "<= 0.05"))
+    rows.append(
+        Row(
+            f"5 sharpness every {every}/never",
+            f"{case}, instruments on, {epochs // every + 1} measurements",
+            timings.ratio(f"run, sharpness every {every}", "run, sharpness never"),
+            "<= 1.10",
         )
     )
 
@@ -771,6 +853,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds per comparison")
     parser.add_argument("--real-rounds", type=int, default=None, help="rounds of the real-data row")
     parser.add_argument("--only-real", action="store_true", help="only the real-data row")
+    parser.add_argument(
+        "--only",
+        default=None,
+        help="comma-separated sections to run: trainers, per_sample, instruments, curvature",
+    )
     args = parser.parse_args(argv)
     if args.rounds is None:
         args.rounds = 3 if args.quick else 7
@@ -781,17 +868,25 @@ def main(argv: list[str] | None = None) -> None:
     rows: list[Row] = []
     epoch_table: list[list[str]] = []
     real_table: list[list[str]] = []
-    if not args.only_real:
-        compare_trainers(args, rows, epoch_table)
-        compare_per_sample(args, rows, epoch_table)
-        compare_instruments(args, rows, epoch_table)
-    compare_real_data(args, rows, real_table)
+    sections = {
+        "trainers": compare_trainers,
+        "per_sample": compare_per_sample,
+        "instruments": compare_instruments,
+        "curvature": compare_curvature,
+    }
+    chosen = args.only.split(",") if args.only else ([] if args.only_real else list(sections))
+    for name in chosen:
+        if name not in sections:
+            parser.error(f"--only {name!r}: allowed: {', '.join(sections)}")
+        sections[name](args, rows, epoch_table)
+    if args.only_real or not args.only:
+        compare_real_data(args, rows, real_table)
 
     print("bench_core: bpexp NumPy core vs other trainers, one thread, timed side by side")
     print("\n".join(machine_lines()))
     print(
         f"mode: {'quick' if args.quick else 'full'}, {args.rounds} interleaved rounds "
-        f"({args.real_rounds} for the real-data row), "
+        f"({args.real_rounds} for the real-data row), sections: {', '.join(chosen) or 'none'}, "
         f"median of per-round ratios; wall time {time.perf_counter() - started:.0f} s"
     )
     if real_table:

@@ -1,8 +1,10 @@
 """Activation functions σ and their derivatives σ', side by side (docs/science.md#activations).
 
-Each activation is a small object with ``fn(z, out)`` (a = σ(z)) and ``prime(z, a, out)`` (σ'(z)).
-Both write into ``out`` so the training step allocates nothing; ``prime`` receives ``a`` as well
-because σ' is cheapest from it (sigmoid: σ' = a(1 − a), tanh: 1 − a²).
+Each activation is a small object with ``fn(z, out)`` (a = σ(z)), ``prime(z, a, out)`` (σ'(z))
+and ``second(z, a, out)`` (σ''(z), used only by the Hessian-vector products of
+:mod:`bpexp.curvature`). All write into ``out`` so the training step allocates nothing; the
+derivatives receive ``a`` as well because they are cheapest from it (sigmoid: σ' = a(1 − a),
+σ'' = σ'(1 − 2a); tanh: σ' = 1 − a², σ'' = −2a(1 − a²)).
 Softmax is an output activation only: its Jacobian is never formed, because the one cost allowed
 with it (categorical cross-entropy) gives δ^L = a^L − y directly.
 """
@@ -24,6 +26,7 @@ class Activation:
     name: str
     fn: Callable[[Array, Array], Array]
     prime: Callable[[Array, Array, Array], Array]
+    second: Callable[[Array, Array, Array], Array]
 
 
 def _sigmoid(z: Array, out: Array) -> Array:
@@ -42,6 +45,14 @@ def _sigmoid_prime(z: Array, a: Array, out: Array) -> Array:
     return out
 
 
+def _sigmoid_second(z: Array, a: Array, out: Array) -> Array:
+    np.multiply(a, -2.0, out=out)  # σ'' = a(1 − a)(1 − 2a)
+    out += 1.0
+    out *= a
+    out *= 1.0 - a
+    return out
+
+
 def _tanh(z: Array, out: Array) -> Array:
     return np.tanh(z, out=out)
 
@@ -52,6 +63,14 @@ def _tanh_prime(z: Array, a: Array, out: Array) -> Array:
     return out
 
 
+def _tanh_second(z: Array, a: Array, out: Array) -> Array:
+    np.multiply(a, a, out=out)  # σ'' = −2a(1 − a²)
+    np.subtract(1.0, out, out=out)
+    out *= a
+    out *= -2.0
+    return out
+
+
 def _relu(z: Array, out: Array) -> Array:
     return np.maximum(z, 0.0, out=out)
 
@@ -59,6 +78,12 @@ def _relu(z: Array, out: Array) -> Array:
 def _relu_prime(z: Array, a: Array, out: Array) -> Array:
     # The derivative at the kink z = 0 is taken as 0.
     return np.greater(z, 0.0, out=out, casting="unsafe")
+
+
+def _zero_second(z: Array, a: Array, out: Array) -> Array:
+    # relu and linear are piecewise linear: σ'' = 0 (relu's kink is a set of measure zero).
+    out.fill(0.0)
+    return out
 
 
 def _linear(z: Array, out: Array) -> Array:
@@ -87,11 +112,11 @@ def _softmax_prime(z: Array, a: Array, out: Array) -> Array:
 
 
 ACTIVATIONS: dict[str, Activation] = {
-    "sigmoid": Activation("sigmoid", _sigmoid, _sigmoid_prime),
-    "tanh": Activation("tanh", _tanh, _tanh_prime),
-    "relu": Activation("relu", _relu, _relu_prime),
-    "linear": Activation("linear", _linear, _linear_prime),
-    "softmax": Activation("softmax", _softmax, _softmax_prime),
+    "sigmoid": Activation("sigmoid", _sigmoid, _sigmoid_prime, _sigmoid_second),
+    "tanh": Activation("tanh", _tanh, _tanh_prime, _tanh_second),
+    "relu": Activation("relu", _relu, _relu_prime, _zero_second),
+    "linear": Activation("linear", _linear, _linear_prime, _zero_second),
+    "softmax": Activation("softmax", _softmax, _softmax_prime, _softmax_prime),
 }
 HIDDEN_ACTIVATIONS = ("sigmoid", "tanh", "relu", "linear")
 OUTPUT_ACTIVATIONS = ("sigmoid", "softmax", "linear")

@@ -242,10 +242,14 @@ def execute(
             weights(exp.net),
             steps_per_epoch=steps_per_epoch,
         )
+        warnings = run_warnings(result, exp.trainer)
+        if echo:
+            for key, text in warnings.items():
+                print(f"{key}: {text}", file=sys.stderr, flush=True)
         if logger is not None:
             out.run_id = logger.run_id
             _log_run_artifacts(logger, cfg, exp, tracking.plots)
-            tr.end_run(logger, result.outcome)
+            tr.end_run(logger, result.outcome, warnings)
     except KeyboardInterrupt as exc:
         if logger is not None:
             exc.run_id = logger.run_id  # for the sweep's summary row of this job
@@ -262,6 +266,20 @@ def execute(
             flush=True,
         )
     return out
+
+
+def run_warnings(result: TrainResult, trainer: TrainerConfig) -> dict[str, str]:
+    """Tags for measurements a reader must not take at face value, e.g. ``warning.sharpness``
+    naming the epochs whose ``sharpness`` did not converge within its Lanczos budget (it is
+    then a lower bound of the top eigenvalue, see :mod:`bpexp.curvature`)."""
+    epochs = [int(h["epoch"]) for h in result.history if h.get("sharpness_converged") == 0.0]
+    if not epochs:
+        return {}
+    return {
+        "warning.sharpness": f"not converged within trainer.sharpness_iterations="
+        f"{trainer.sharpness_iterations} at epochs {', '.join(map(str, epochs))}: the logged "
+        "sharpness there is a lower bound; raise trainer.sharpness_iterations"
+    }
 
 
 def _close_quietly(logger, outcome: str, trace: str | None = None) -> None:

@@ -11,6 +11,11 @@ Allowed pairs with the output activation:
 - ``cross_entropy`` (binary): sigmoid outputs only; δ^L = (a − y) / m exactly, the σ' of BP1
   cancels against the cost's 1/(a(1 − a)), so saturated outputs still learn.
 - ``softmax_cross_entropy`` (categorical): softmax outputs only; δ^L = (a − y) / m.
+
+``delta_r(z, a, y, act, rz)`` is the directional derivative of δ^L along a change ``rz`` of
+z^L (Pearlmutter's R{δ^L}, the output end of a Hessian-vector product, :mod:`bpexp.curvature`):
+quadratic (σ'² + (a − y) ⊙ σ'') ⊙ rz / m; cross-entropy σ' ⊙ rz / m; softmax cross-entropy
+(a ⊙ (rz − Σ_j a_j rz_j)) / m, the softmax Jacobian applied to rz.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ class Cost:
     name: str
     fn: Callable[[Array, Array], float]
     delta: Callable[..., Array]  # (z, a, y, act, out, scratch, scale=1.0) -> out
+    delta_r: Callable[[Array, Array, Array, Activation, Array], Array]  # (z, a, y, act, rz)
     outputs: tuple[str, ...]
 
 
@@ -54,6 +60,14 @@ def _quadratic_delta(
     out *= act.prime(z, a, scratch)
     out *= scale / a.shape[0]
     return out
+
+
+def _quadratic_delta_r(z: Array, a: Array, y: Array, act: Activation, rz: Array) -> Array:
+    prime = act.prime(z, a, np.empty_like(a))
+    curvature = act.second(z, a, np.empty_like(a))
+    curvature *= a - y
+    curvature += prime * prime  # ∂δ/∂z = σ'² + (a − y) σ'' (per sample, per output)
+    return curvature * rz / a.shape[0]
 
 
 def _cross_entropy(a: Array, y: Array) -> float:
@@ -76,11 +90,28 @@ def _a_minus_y_delta(
     return out
 
 
+def _sigmoid_delta_r(z: Array, a: Array, y: Array, act: Activation, rz: Array) -> Array:
+    return act.prime(z, a, np.empty_like(a)) * rz / a.shape[0]  # R{a − y} = σ' ⊙ rz
+
+
+def _softmax_delta_r(z: Array, a: Array, y: Array, act: Activation, rz: Array) -> Array:
+    # R{a} for a softmax: (diag(a) − a aᵀ) rz per sample.
+    return a * (rz - np.sum(a * rz, axis=1, keepdims=True)) / a.shape[0]
+
+
 COSTS: dict[str, Cost] = {
-    "quadratic": Cost("quadratic", _quadratic, _quadratic_delta, ("sigmoid", "linear")),
-    "cross_entropy": Cost("cross_entropy", _cross_entropy, _a_minus_y_delta, ("sigmoid",)),
+    "quadratic": Cost(
+        "quadratic", _quadratic, _quadratic_delta, _quadratic_delta_r, ("sigmoid", "linear")
+    ),
+    "cross_entropy": Cost(
+        "cross_entropy", _cross_entropy, _a_minus_y_delta, _sigmoid_delta_r, ("sigmoid",)
+    ),
     "softmax_cross_entropy": Cost(
-        "softmax_cross_entropy", _softmax_cross_entropy, _a_minus_y_delta, ("softmax",)
+        "softmax_cross_entropy",
+        _softmax_cross_entropy,
+        _a_minus_y_delta,
+        _softmax_delta_r,
+        ("softmax",),
     ),
 }
 

@@ -234,13 +234,34 @@ def batch_size(runs: pd.DataFrame, history: pd.DataFrame) -> list[Section]:
     _legend_outside(fig, by_epoch)
     chosen = frame.groupby("label")["optimizer.lr"].first()
     text = [
-        "| batch | tuned lr | updates per epoch | wall time per epoch (s) |",
-        "|---|---|---|---|",
+        "| batch | tuned lr | updates per epoch | wall time per epoch (s) "
+        "| B_simple at epoch 0 | B_simple at the end |",
+        "|---|---|---|---|---|---|",
     ]
     for label, t in zip(labels, times, strict=True):
         per_epoch = int(frame.loc[frame["label"] == label, "updates_per_epoch"].iloc[0])
-        text.append(f"| {label} | {chosen[label]:g} | {per_epoch} | {t:.3g} |")
+        start, end = _noise_scale(history, frame.loc[frame["label"] == label, "run_id"])
+        text.append(
+            f"| {label} | {chosen[label]:g} | {per_epoch} | {t:.3g} | {start:.3g} | {end:.3g} |"
+        )
+    text += [
+        "",
+        "B_simple = tr(Σ)/|G|², the gradient noise scale on the probe set (`grad_noise_scale`,"
+        " median over the runs): batch sizes well below it scale almost perfectly, above it"
+        " returns diminish (docs/instruments-curvature.md).",
+    ]
     return [Section("Batch size: epochs, updates, samples, time", "batch_size.png", fig, text)]
+
+
+def _noise_scale(history: pd.DataFrame, run_ids) -> tuple[float, float]:
+    """Median over runs of ``grad_noise_scale`` at epoch 0 and at each run's last point."""
+    rows = history[
+        history["run_id"].isin(list(run_ids)) & (history["metric"] == "grad_noise_scale")
+    ]
+    if rows.empty:
+        return math.nan, math.nan
+    last = rows["step"] == rows.groupby("run_id")["step"].transform("max")
+    return float(rows[rows["step"] == 0]["value"].median()), float(rows[last]["value"].median())
 
 
 # ------------------------------------------------------------------------- momentum_beta
@@ -352,12 +373,56 @@ def pixels3x4(runs: pd.DataFrame, history: pd.DataFrame) -> list[Section]:
     return [Section("The cost after 0, 1, 10 and 50 updates", text=lines)]
 
 
+# --------------------------------------------------------------------- edge_of_stability
+
+
+def edge_of_stability(runs: pd.DataFrame, history: pd.DataFrame) -> list[Section]:
+    """``sharpness`` over epochs against each run's ``sharpness_threshold``
+    (:func:`bpexp.plots.sharpness_vs_threshold`), and per run: the bound, the sharpness at
+    epoch 0, its median over the second half of training (also as a fraction of the bound:
+    about 1 at the edge of stability) and its maximum there."""
+    keys = runs[["run_id", "arm", "optimizer.lr", "seed", "outcome"]]
+    curves = history.drop(columns=["arm", "optimizer.lr", "seed"], errors="ignore").merge(
+        keys, on="run_id"
+    )
+    title = "Sharpness against the stability bound"
+    if not (curves["metric"] == "sharpness").any():
+        return [Section(title, text=["No run logged `sharpness` (trainer.sharpness_every=0)."])]
+    arms, lrs = plots.sharpness_panels(curves)
+    fig = plots.sharpness_vs_threshold(curves, plots.new_axes_grid(len(arms), len(lrs)))
+    half = curves["step"].max() / 2
+    text = [
+        "Sharpness: the largest eigenvalue of the Hessian of the training loss on the probe"
+        " set (Lanczos on exact Hessian-vector products); threshold: the update rule's bound on"
+        " a quadratic (2/lr for SGD, (2 + 2 beta)/lr for momentum). At the edge of stability the"
+        " sharpness rises to the threshold and hovers there (median / threshold near 1).",
+        "",
+        "| arm | lr | seed | outcome | threshold | sharpness at 0 | median, 2nd half"
+        " | median / threshold | max, 2nd half |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (arm, lr, seed, outcome), rows in curves.groupby(
+        ["arm", "optimizer.lr", "seed", "outcome"]
+    ):
+        sharp = rows[rows["metric"] == "sharpness"].sort_values("step")
+        late = sharp[sharp["step"] >= half]["value"]
+        bound = rows.loc[rows["metric"] == "sharpness_threshold", "value"]
+        threshold = float(bound.iloc[0]) if len(bound) else math.nan
+        median = float(late.median()) if len(late) else math.nan
+        cells = [threshold, float(sharp["value"].iloc[0]), median, median / threshold]
+        cells.append(float(late.max()) if len(late) else math.nan)
+        shown = " | ".join("" if math.isnan(c) else f"{c:.3g}" for c in cells)
+        text.append(f"| {arm} | {lr:g} | {seed} | {outcome} | {shown} |")
+    return [Section(title, "sharpness.png", fig, text)]
+
+
 SWEEP_FIGURES: dict[str, Callable[[pd.DataFrame, pd.DataFrame], list[Section]]] = {
     "depth": depth,
     "cost_saturation": cost_saturation,
     "batch_size": batch_size,
     "momentum_beta": momentum_beta,
     "pixels3x4": pixels3x4,
+    "edge_of_stability": edge_of_stability,
 }
 
 

@@ -15,6 +15,11 @@ Measured on a fixed probe batch of training samples. Layers are numbered l = 1..
 - ``activation_mean/{l}``, ``activation_std/{l}``: of a^l over samples and units.
 - ``dead_fraction/{l}``: relu layers: fraction of units with z ≤ 0 for every probe sample.
 - ``update_ratio/W{l}``: ||W^l_end − W^l_start|| / ||W^l_start|| over the last epoch.
+- ``grad_noise_scale``: B_simple = tr(Σ)/||G||² over all parameters, from the per-example
+  gradients of the probe (:func:`gradient_noise`); ``grad_snr/W{l}``: ||G_l||²/tr(Σ_l) for the
+  weights of layer l alone (1/B of that layer).
+- ``distance_from_init/W{l}``: ||W^l − W^l_0||_F from the initial weights, and
+  ``distance_from_init_ratio/W{l}``: the same over ||W^l_0||_F (:func:`distances_from_init`).
 """
 
 from __future__ import annotations
@@ -74,6 +79,57 @@ def measure(
         if act.name == "relu":
             alive = np.count_nonzero(np.any(z > 0.0, axis=0))
             out[f"dead_fraction/{l}"] = (z.shape[1] - alive) / z.shape[1]
+    return out
+
+
+def gradient_noise(net: Network, X: Array) -> dict[str, float]:
+    """``grad_noise_scale`` and ``grad_snr/W{l}`` from the last ``backprop`` on the probe X
+    (:func:`measure` does one; the trace and ``net.grad`` must still be those of X).
+
+    The per-example gradient of W^l is the outer product δ^l(x) a^{l-1}(x)ᵀ, so its squared
+    norm is ||δ^l(x)||² ||a^{l-1}(x)||² (and ||δ^l(x)||² for b^l): Σ_x ||g_x||² costs one pass
+    over the trace, no per-example gradient is formed. With m probe samples and Ĝ their mean
+    gradient (``net.grad``), both estimates are unbiased (McCandlish et al. 2018):
+        tr(Σ) ≈ S = (Σ_x ||g_x||² − m ||Ĝ||²) / (m − 1)   (sample covariance, 1/(m − 1)),
+        ||G||² ≈ ||Ĝ||² − S/m                             (E||Ĝ||² = ||G||² + tr(Σ)/m),
+    and B_simple = S / (||Ĝ||² − S/m). Where the corrected ||G||² is ≤ 0 the probe cannot tell
+    the mean gradient from noise: ``grad_noise_scale`` is then left out (no point is logged
+    that epoch) rather than given a meaningless value; with m = 1 nothing is measured.
+    """
+    trace = net.trace(X)
+    m = X.shape[0]
+    if m < 2:
+        return {}
+    out: dict[str, float] = {}
+    total_sq, total_mean_sq = 0.0, 0.0
+    for l in range(1, net.n_layers + 1):
+        # δ rows hold δ(x)/m: the per-example squared norms carry a factor m², undone here.
+        delta_sq = np.einsum("ij,ij->i", trace.delta[l - 1], trace.delta[l - 1]) * (m * m)
+        a_sq = np.einsum("ij,ij->i", trace.a[l - 1], trace.a[l - 1])
+        weight_sq = float(delta_sq @ a_sq)
+        mean_sq = _norm(net.gW[l - 1]) ** 2
+        variance = (weight_sq - m * mean_sq) / (m - 1)
+        if variance > 0:  # else every example has the same gradient: no noise to compare
+            out[f"grad_snr/W{l}"] = (mean_sq - variance / m) / variance
+        total_sq += weight_sq + float(delta_sq.sum())
+        total_mean_sq += mean_sq + _norm(net.gb[l - 1]) ** 2
+    variance = (total_sq - m * total_mean_sq) / (m - 1)
+    signal = total_mean_sq - variance / m
+    if signal > 0:
+        out["grad_noise_scale"] = variance / signal
+    return out
+
+
+def distances_from_init(net: Network, params_init: Array) -> dict[str, float]:
+    """``distance_from_init/W{l}`` = ||W^l − W^l_0||_F and ``distance_from_init_ratio/W{l}``
+    (over ||W^l_0||_F, inf when W^l_0 = 0) against a copy of the initial ``net.params``."""
+    initial, _ = param_views(params_init, [W.shape for W in net.W])
+    out = {}
+    for l, (W, W0) in enumerate(zip(net.W, initial, strict=True), start=1):
+        distance = _norm(np.subtract(W, W0))
+        norm = _norm(W0)
+        out[f"distance_from_init/W{l}"] = distance
+        out[f"distance_from_init_ratio/W{l}"] = distance / norm if norm > 0 else float("inf")
     return out
 
 

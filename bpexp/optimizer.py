@@ -189,6 +189,33 @@ def _adam(opt: Optimizer, w: Array, g: Array, state: State) -> None:
     w -= scratch
 
 
+def sharpness_threshold(opt: Optimizer) -> float | None:
+    """The largest curvature λ at which the rule is stable on the quadratic f(w) = λw²/2, or
+    None where no such bound on the Hessian's top eigenvalue exists (rmsprop, adam).
+
+    Linear recurrences on f' = λw, with h = ηλ (derivations in docs/instruments-curvature.md):
+    - sgd: w' = (1 − h) w, stable iff h < 2: λ < 2/η;
+    - classical momentum: w_{t+1} = (1 + β − h) w_t − β w_{t−1}; the roots of
+      r² − (1 + β − h) r + β leave the unit circle through r = −1 at h = 2 + 2β: λ < (2 + 2β)/η;
+    - nesterov (torch's form): state (w, v) with matrix [[1 − h(1 + β), β²], [−h, β]],
+      characteristic r² − (1 + β − h(1 + β)) r + β(1 − h), whose root crosses −1 at
+      h = 2(1 + β)/(1 + 2β): λ < 2(1 + β)/((1 + 2β) η);
+    - ema momentum ≡ classical with η(1 − β): λ < (2 + 2β)/(η(1 − β)); with bias correction
+      the step η_t = η(1 − β)/(1 − β^t) tends to η(1 − β), so the same bound holds in the long
+      run (the first steps are larger: step 1 is plain η g);
+    - rmsprop, adam divide each coordinate's step by its own √ŝ: their bound is on the
+      preconditioned Hessian diag(√ŝ + ε)^{-1} H, not on H, so none is given for H.
+    """
+    if opt.name == "sgd":
+        return 2.0 / opt.lr
+    if opt.name == "nesterov":
+        return 2.0 * (1.0 + opt.beta) / ((1.0 + 2.0 * opt.beta) * opt.lr)
+    if opt.name == "momentum":
+        lr = opt.lr if opt.form == "classical" else opt.lr * (1.0 - opt.beta)
+        return (2.0 + 2.0 * opt.beta) / lr
+    return None
+
+
 RULES: dict[str, Callable[[Optimizer, Array, Array, State], None]] = {
     "sgd": _sgd,
     "momentum": _momentum,

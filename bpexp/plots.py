@@ -10,6 +10,8 @@ draws on its own Agg canvas, so importing this module leaves a notebook's backen
 - a sweep (history columns ``run_id, metric, step, value, arm``; runs frames from
   :mod:`bpexp.analysis` with an ``arm`` column): :func:`arm_curves`, :func:`lr_sensitivity`,
   :func:`arm_grad_norms`, :func:`arm_saturation`;
+- curvature (history with ``arm`` and ``optimizer.lr`` columns): :func:`sharpness_vs_threshold`
+  on a grid of Axes from :func:`new_axes_grid`;
 - the demonstrations of docs/science.md (:mod:`bpexp.demos`): :func:`ema_curves`,
   :func:`ravine_paths`.
 """
@@ -125,7 +127,8 @@ def grad_norms(history: pd.DataFrame, ax: Axes) -> Figure:
     ax.set_xlabel("epoch")
     ax.set_ylabel("||∂C/∂b^l||")
     ax.set_title("gradient norm per layer", y=TITLE_Y)
-    ax.legend()
+    if ax.get_lines():  # none when trainer.instruments=false
+        ax.legend()
     return ax.figure
 
 
@@ -342,7 +345,8 @@ def arm_grad_norms(history: pd.DataFrame, ax: Axes, prefix: str = "grad_norm/b")
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"{prefix}{{l}}, mean over seeds")
     ax.set_title("gradient norm per layer")
-    ax.legend(fontsize="small")
+    if ax.get_lines():  # none when trainer.instruments=false
+        ax.legend(fontsize="small")
     return ax.figure
 
 
@@ -370,6 +374,81 @@ def arm_saturation(history: pd.DataFrame, ax: Axes) -> Figure:
     ax.set_title("saturated fraction per layer, mean over seeds")
     ax.figure.colorbar(image, ax=ax)
     return ax.figure
+
+
+# -------------------------------------------------------------------------------- curvature
+
+
+def new_axes_grid(rows: int, cols: int, width: float = 3.2, height: float = 2.6) -> np.ndarray:
+    """A fresh figure with a rows x cols array of Axes (``width`` x ``height`` inches each),
+    not registered with pyplot."""
+    fig = Figure(figsize=(width * cols, height * rows + 0.6), layout="constrained")
+    return np.atleast_2d(fig.subplots(rows, cols, squeeze=False))
+
+
+def sharpness_panels(history: pd.DataFrame) -> tuple[list[str], list[float]]:
+    """The rows (arms) and columns (learning rates) of :func:`sharpness_vs_threshold`."""
+    rows = history[history["metric"] == "sharpness"]
+    return sorted(rows["arm"].unique()), sorted(rows["optimizer.lr"].unique())
+
+
+def sharpness_vs_threshold(history: pd.DataFrame, axes: np.ndarray) -> Figure:
+    """``sharpness`` against epoch, one panel per arm (row) and learning rate (column): one line
+    per run (seed) and the run's ``sharpness_threshold`` dashed (2/lr for SGD). A run that
+    stopped early (diverged) is marked by a cross at its last sharpness.
+
+    ``history``: columns ``run_id, metric, step, value, arm, optimizer.lr, seed``; ``axes`` a
+    2-D array with at least :func:`sharpness_panels`' rows x columns.
+    """
+    arms, lrs = sharpness_panels(history)
+    last_step = history.groupby("run_id")["step"].max()
+    end = last_step.max()
+    for i, arm in enumerate(arms):
+        for j, lr in enumerate(lrs):
+            ax = axes[i, j]
+            panel = history[(history["arm"] == arm) & (history["optimizer.lr"] == lr)]
+            top = 0.0
+            for k, (seed, run) in enumerate(panel.groupby("seed")):
+                color = matplotlib.colormaps["tab10"].colors[k % 10]
+                points = run[run["metric"] == "sharpness"].sort_values("step")
+                ax.plot(points["step"], points["value"], color=color, lw=1.2, label=f"seed {seed}")
+                stopped = last_step[run["run_id"].iloc[0]]
+                if stopped < end:
+                    ax.annotate(
+                        f"seed {seed} diverged at epoch {stopped}",
+                        (0.5, 0.9 - 0.1 * k),
+                        xycoords="axes fraction",
+                        ha="center",
+                        fontsize="small",
+                    )
+                    ax.plot(
+                        points["step"].iloc[-1:],
+                        points["value"].iloc[-1:],
+                        "x",
+                        color=color,
+                        ms=8,
+                        label=f"seed {seed} diverged",
+                    )
+                top = max(top, float(points["value"].max()))
+                bound = run[run["metric"] == "sharpness_threshold"]["value"]
+                if len(bound):
+                    ax.axhline(bound.iloc[0], color="black", ls="--", lw=1, label="threshold")
+                    top = max(top, float(bound.iloc[0]))
+            ax.set_ylim(0, 1.15 * top if top > 0 else 1)
+            ax.set_xlim(0, end)
+            ax.set_title(f"{arm}, lr={lr:g}", fontsize="medium")
+            if i == len(arms) - 1:
+                ax.set_xlabel("epoch (= full-batch step)")
+            if j == 0:
+                ax.set_ylabel("sharpness λ_max")
+    fig = axes.flat[0].figure
+    handles = {}
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, handle)
+    fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncols=len(handles))
+    fig.suptitle("sharpness (top Hessian eigenvalue of the training loss) and the rule's bound")
+    return fig
 
 
 # ------------------------------------------------------------------------- demonstrations

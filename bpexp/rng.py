@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-PURPOSES = {"init": 1, "shuffle": 2, "probe": 3, "split": 4, "eval_train": 5}
+PURPOSES = {"init": 1, "shuffle": 2, "probe": 3, "split": 4, "eval_train": 5, "sharpness": 6}
 
 
 def stream(seed: int, purpose: str) -> np.random.Generator:

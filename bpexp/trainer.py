@@ -5,7 +5,9 @@ callable); the shell decides what to do with them (print, track, collect).
 
 Records, with step 0 of the epoch series at initialisation, before any update:
 - ``EpochRecord(epoch, metrics)``: ``train/loss``, ``train/accuracy``, ``val/loss``,
-  ``val/accuracy`` and the per-layer instruments of :mod:`bpexp.instruments`;
+  ``val/accuracy`` and the per-layer instruments of :mod:`bpexp.instruments`; every
+  ``sharpness_every`` epochs (0 included) ``sharpness``, ``sharpness_converged`` and
+  ``sharpness_threshold`` (:mod:`bpexp.curvature`);
 - ``StepRecord(step, epoch, batch_loss)`` every ``log_every_n_steps`` updates (global step;
   automatic by default, see :func:`log_stride`);
 - ``EndRecord(epoch, metrics, outcome)`` once: ``test/loss``, ``test/accuracy`` and the outcome,
@@ -20,13 +22,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bpexp import instruments
+from bpexp import curvature, instruments
 from bpexp.cost import Cost
 from bpexp.data import Dataset
 from bpexp.errors import bad_value
 from bpexp.instruments import DEFAULT_EPSILON
 from bpexp.network import Network, add_l2_gradient
-from bpexp.optimizer import Optimizer, State
+from bpexp.optimizer import Optimizer, State, sharpness_threshold
 from bpexp.rng import stream
 
 Array = np.ndarray
@@ -52,6 +54,8 @@ class TrainerConfig:
     instruments: bool = True
     saturation_epsilon: float = DEFAULT_EPSILON
     max_loss: float = 1e6
+    sharpness_every: int = 15  # epochs between two sharpness measurements; 0: never
+    sharpness_iterations: int = curvature.DEFAULT_ITERATIONS  # Lanczos budget (H v products)
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,10 @@ def validate(cfg: TrainerConfig, n_train: int) -> None:
         raise bad_value("trainer.saturation_epsilon", cfg.saturation_epsilon, "0 < epsilon < 0.5")
     if not cfg.max_loss > 0:
         raise bad_value("trainer.max_loss", cfg.max_loss, "a number > 0")
+    if cfg.sharpness_every < 0:
+        raise bad_value("trainer.sharpness_every", cfg.sharpness_every, "0 (never) or >= 1")
+    if cfg.sharpness_iterations < 1:
+        raise bad_value("trainer.sharpness_iterations", cfg.sharpness_iterations, ">= 1")
 
 
 def mini_batch_size(cfg: TrainerConfig, n_train: int) -> int:
@@ -244,14 +252,24 @@ def train(
     m = mini_batch_size(cfg, n)
     state = optimizer.init(net.params)
     result = TrainResult(outcome="completed", epochs_run=0, steps=0)
+    params_init = net.params.copy()
+    sharpness_rng = stream(seed, "sharpness")
+    threshold = sharpness_threshold(optimizer)
 
     def epoch_metrics(epoch: int, params_before: Array | None) -> dict[str, float]:
         metrics = evaluate(net, cost, X_eval, Y_eval, "train", data.task)
         metrics |= evaluate(net, cost, data.X_val, data.Y_val, "val", data.task)
         if cfg.instruments:
             metrics |= instruments.measure(net, X_probe, Y_probe, cost, cfg.saturation_epsilon)
+            metrics |= instruments.gradient_noise(net, X_probe)
+            metrics |= instruments.distances_from_init(net, params_init)
             if params_before is not None:
                 metrics |= instruments.update_ratios(net, params_before)
+        if cfg.sharpness_every and epoch % cfg.sharpness_every == 0:
+            start = sharpness_rng.standard_normal(net.params.size)
+            metrics |= curvature.sharpness_metrics(
+                net, X_probe, Y_probe, cost, start, cfg.sharpness_iterations, threshold
+            )[0]
         result.history.append({"epoch": epoch, **metrics})
         emit(EpochRecord(epoch, metrics))
         return metrics

@@ -148,6 +148,8 @@ def test_pixels_sweep_builds_the_12_pixel_network(composer):
         (["trainer.batch_size=0"], "trainer.batch_size"),
         (["trainer.batch_size=100000"], "trainer.batch_size"),
         (["trainer.epochs=0"], "trainer.epochs"),
+        (["trainer.sharpness_every=-1"], "trainer.sharpness_every"),
+        (["trainer.sharpness_iterations=0"], "trainer.sharpness_iterations"),
         (["network.init=file"], "network.init_path"),
         (["network.init=file", "network.init_path=/nonexistent.npz"], "network.init_path"),
         (["network.hidden=[30,0]"], "network.hidden[1]"),

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bpexp.cost import get_cost
-from bpexp.instruments import measure, update_ratios
+from bpexp.instruments import distances_from_init, gradient_noise, measure, update_ratios
 from bpexp.network import Network
 
 
@@ -188,3 +188,68 @@ def test_tanh_and_softmax_saturation_boundaries():
     X[0] = [past, -past]
     out = measure(net, X, Y, get_cost("softmax_cross_entropy", "softmax"), epsilon=eps)
     assert out["saturation/1"] == 0.75
+
+
+def per_example_gradients(net: Network, X, Y, cost) -> np.ndarray:
+    """Brute force: one backprop per sample; row x is the full flat gradient of C(x)."""
+    rows = []
+    for x in range(X.shape[0]):
+        net.backprop(X[x : x + 1], Y[x : x + 1], cost)
+        rows.append(net.grad.copy())
+    return np.array(rows)
+
+
+@pytest.mark.parametrize(
+    ("hidden", "output", "cost_name"),
+    [
+        ("sigmoid", "sigmoid", "quadratic"),
+        ("relu", "softmax", "softmax_cross_entropy"),
+    ],
+)
+def test_grad_noise_scale_against_brute_force_per_example_gradients(hidden, output, cost_name):
+    rng = np.random.default_rng(4)
+    net = Network([5, 6, 4, 3], hidden, output)
+    net.params[...] = rng.standard_normal(net.params.size) * 0.7
+    m = 40
+    X, Y = rng.standard_normal((m, 5)), np.eye(3)[rng.integers(0, 3, m)]
+    cost = get_cost(cost_name, output)
+    g = per_example_gradients(net, X, Y, cost)
+    measure(net, X, Y, cost)
+    out = gradient_noise(net, X)
+    G = g.mean(axis=0)
+    trace_sigma = np.trace(np.cov(g, rowvar=False, ddof=1))  # unbiased sample covariance
+    expected = trace_sigma / (G @ G - trace_sigma / m)
+    assert expected > 0
+    assert out["grad_noise_scale"] == pytest.approx(expected, rel=1e-9)
+    # Layer 2's weights alone: columns of the flat layout W1, b1, W2, b2, W3, b3.
+    start = 6 * 5 + 6
+    cols = slice(start, start + 4 * 6)
+    trace_2 = np.trace(np.cov(g[:, cols], rowvar=False, ddof=1))
+    G2 = G[cols]
+    assert out["grad_snr/W2"] == pytest.approx((G2 @ G2 - trace_2 / m) / trace_2, rel=1e-9)
+
+
+def test_grad_noise_scale_is_left_out_when_the_probe_cannot_resolve_the_mean_gradient():
+    # Two samples with opposite gradients: the mean gradient is zero, all of it is noise.
+    net = Network([1, 1], "linear", "linear")
+    net.W[0][...] = 0.0
+    X, Y = np.array([[1.0], [1.0]]), np.array([[1.0], [-1.0]])  # g_w = g_b = ±1: mean 0
+    net.backprop(X, Y, get_cost("quadratic", "linear"))
+    assert "grad_noise_scale" not in gradient_noise(net, X)
+    net.backprop(X[:1], Y[:1], get_cost("quadratic", "linear"))
+    one = gradient_noise(net, X[:1])
+    assert one == {}
+
+
+def test_distance_from_init():
+    net = Network([2, 3, 1], "sigmoid", "sigmoid")
+    net.params[...] = np.arange(net.params.size, dtype=float) - 5
+    initial = net.params.copy()
+    net.W[0][0, 0] += 3.0
+    net.W[0][1, 1] -= 4.0
+    net.b[1][...] += 100.0  # biases are not part of the weight distance
+    out = distances_from_init(net, initial)
+    assert out["distance_from_init/W1"] == pytest.approx(5.0)
+    assert out["distance_from_init/W2"] == 0.0
+    W1_0 = (np.arange(6, dtype=float) - 5).reshape(3, 2)
+    assert out["distance_from_init_ratio/W1"] == pytest.approx(5.0 / np.linalg.norm(W1_0))

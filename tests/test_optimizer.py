@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from bpexp.errors import ConfigError
-from bpexp.optimizer import RULES, Optimizer
+from bpexp.optimizer import RULES, Optimizer, sharpness_threshold
 
 W0 = np.array([1.0, -2.0])
 G1 = np.array([0.5, -1.0])
@@ -259,3 +259,53 @@ def test_weight_decay_with_sgd_is_the_decoupled_step():
 def test_bad_weight_decay_names_the_key(value):
     with pytest.raises(ConfigError, match="optimizer.weight_decay"):
         Optimizer("sgd", 0.1, weight_decay=value)
+
+
+THRESHOLD_RULES = [
+    Optimizer("sgd", 0.3),
+    Optimizer("momentum", 0.3, 0.9),
+    Optimizer("momentum", 0.05, 0.5),
+    Optimizer("nesterov", 0.3, 0.9),
+    Optimizer("nesterov", 0.1, 0.5),
+    Optimizer("momentum", 0.3, 0.9, "ema"),
+    Optimizer("momentum", 0.3, 0.9, "ema", bias_correction=True),
+]
+
+
+@pytest.mark.parametrize("opt", THRESHOLD_RULES, ids=lambda o: f"{o.name}-{o.form}-{o.beta}")
+def test_divergence_sets_in_exactly_at_the_sharpness_threshold(opt):
+    # f(w) = Σ λ_i w_i² / 2 with λ just below and just above the bound, all in one vector
+    # (the rules act coordinate by coordinate): the run must shrink below it and grow above.
+    threshold = sharpness_threshold(opt)
+    factors = np.array([0.9, 0.99, 0.999, 1.001, 1.01, 1.1])
+    lam = threshold * factors
+    w = np.ones_like(lam)
+    state = opt.init(w)
+    steps, window = 20_000, 200
+    middle, late = np.zeros_like(w), np.zeros_like(w)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for t in range(steps):
+            opt.step(w, lam * w, state)
+            if steps // 2 <= t < steps // 2 + window:
+                middle = np.maximum(middle, np.abs(w))
+            elif t >= steps - window:
+                late = np.maximum(late, np.abs(w))
+    # Far below the bound w reaches the subnormal floor early and stays there; far above it
+    # overflows to inf or NaN, which compares False (not shrinking).
+    shrinks = (late < middle) | (late < 1e-300)
+    np.testing.assert_array_equal(shrinks, factors < 1)
+    # Just above, the growth over the second half is unmistakable (not rounding noise).
+    assert not np.any(late[factors > 1] <= 1.5 * middle[factors > 1])
+
+
+def test_sharpness_threshold_values():
+    assert sharpness_threshold(Optimizer("sgd", 0.5)) == pytest.approx(4.0)
+    assert sharpness_threshold(Optimizer("momentum", 0.5, 0.9)) == pytest.approx(3.8 / 0.5)
+    # Nesterov: 2(1 + β)/((1 + 2β) η) = 3.8/(2.8 · 0.5)
+    assert sharpness_threshold(Optimizer("nesterov", 0.5, 0.9)) == pytest.approx(3.8 / 1.4)
+    # EMA(η, β) ≡ classical(η (1 − β)), with or without bias correction in the long run.
+    ema = sharpness_threshold(Optimizer("momentum", 0.5, 0.9, "ema"))
+    assert ema == pytest.approx(3.8 / 0.05)
+    assert sharpness_threshold(Optimizer("momentum", 0.5, 0.9, "ema", True)) == ema
+    assert sharpness_threshold(Optimizer("rmsprop", 0.01)) is None
+    assert sharpness_threshold(Optimizer("adam", 0.01)) is None

@@ -165,3 +165,51 @@ def test_importing_the_plots_leaves_the_backend_alone(tmp_path):
     assert proc.stdout.split() == ["pdf", "False"]
     for path in (png, folder / "ema.png", folder / "ravine.png"):
         assert imread(path).ndim == 3, path  # PNGs, drawn by Agg under the pdf backend
+
+
+def _sharpness_history() -> pd.DataFrame:
+    """2 arms x 2 lrs x 2 seeds, sharpness every 10 epochs to 100; the run (momentum, 0.1,
+    seed 1) stops at epoch 30 (diverged)."""
+    rows = []
+    for arm, factor in (("sgd", 2.0), ("momentum/classical", 3.8)):
+        for lr in (0.05, 0.1):
+            for seed in (0, 1):
+                run_id = f"{arm}-{lr}-{seed}"
+                end = 30 if (arm, lr, seed) == ("momentum/classical", 0.1, 1) else 100
+                for step in range(0, end + 1, 10):
+                    common = {"run_id": run_id, "step": step, "arm": arm, "optimizer.lr": lr}
+                    common["seed"] = seed
+                    rows.append(common | {"metric": "sharpness", "value": 10.0 + step / 10 + seed})
+                    rows.append(common | {"metric": "sharpness_threshold", "value": factor / lr})
+                    rows.append(common | {"metric": "train/loss", "value": 1.0 / (1 + step)})
+    return pd.DataFrame(rows)
+
+
+def test_sharpness_vs_threshold_small_multiples():
+    history = _sharpness_history()
+    arms, lrs = plots.sharpness_panels(history)
+    assert arms == ["momentum/classical", "sgd"] and lrs == [0.05, 0.1]
+    axes = plots.new_axes_grid(len(arms), len(lrs))
+    fig = plots.sharpness_vs_threshold(history, axes)
+    assert isinstance(fig, Figure) and axes.shape == (2, 2)
+    for i, arm in enumerate(arms):
+        for j, lr in enumerate(lrs):
+            ax = axes[i, j]
+            assert ax.get_title() == f"{arm}, lr={lr:g}"
+            lines = ax.get_lines()
+            assert len(lines) <= 6
+            # The threshold is a horizontal line at factor / lr, inside the y-range.
+            factor = 3.8 if arm.startswith("momentum") else 2.0
+            levels = {
+                round(line.get_ydata()[0], 9) for line in lines if line.get_linestyle() == "--"
+            }
+            assert levels == {round(factor / lr, 9)}
+            assert ax.get_ylim()[1] > factor / lr
+            seeds = [line for line in lines if line.get_label().startswith("seed")]
+            assert [list(line.get_xdata())[-1] for line in seeds if line.get_marker() != "x"] == (
+                [100, 30] if (arm, lr) == ("momentum/classical", 0.1) else [100, 100]
+            )
+    # The diverged run is marked, and the legend is one, off the panels.
+    crosses = [ln for ln in axes[0, 1].get_lines() if ln.get_marker() == "x"]
+    assert len(crosses) == 1 and list(crosses[0].get_xdata()) == [30]
+    assert len(fig.legends) == 1 and all(ax.get_legend() is None for ax in axes.flat)

@@ -243,3 +243,51 @@ def test_write_report_without_validation_split_and_with_different_costs(tmp_path
     quadratic = sorted((m.step, m.value) for m in metrics if m.key.endswith("quadratic"))
     # Mean over seeds 0 and 1 at lr = 1.0: (0.5 + 0.51) / 2 (3 - step).
     np.testing.assert_allclose([v for _, v in quadratic], [0.505 * (3 - s) for s in range(3)])
+
+
+def _sweep_report(folder: Path, args: list[str]) -> str:
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    out = run_cli([*args, f"tracking.uri={uri}", "tracking.plots=false"], cwd=folder)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (index,) = folder.glob("multirun/*/*/report/index.md")
+    return index
+
+
+@pytest.mark.slow
+def test_edge_of_stability_report_draws_sharpness_against_each_threshold(tmp_path):
+    args = ["sweep=edge_of_stability", "seed=0", "trainer.epochs=4", "trainer.sharpness_every=2"]
+    index = _sweep_report(tmp_path, [*args, "optimizer.lr=0.02,0.1"])
+    page = index.read_text()
+    assert "### Sharpness against the stability bound" in page
+    assert "](sharpness.png)" in page
+    image = imread(index.parent / "sharpness.png")
+    assert image.shape[0] > 300 and image.shape[1] > 300
+    # One table row per run with its bound: 2/lr for SGD, 3.8/lr for momentum (beta 0.9).
+    for arm, lr, bound in [
+        ("sgd", "0.02", "100"),
+        ("sgd", "0.1", "20"),
+        ("momentum/classical", "0.02", "190"),
+        ("momentum/classical", "0.1", "38"),
+    ]:
+        assert re.search(rf"^\| {re.escape(arm)} \| {lr} \| 0 \| \w+ \| {bound} \|", page, re.M), (
+            arm,
+            lr,
+        )
+
+
+@pytest.mark.slow
+def test_batch_size_report_shows_the_gradient_noise_scale_per_batch_size(tmp_path):
+    args = ["sweep=batch_size", "hydra.sweeper.protocol=null", "seed=0", "trainer.epochs=1"]
+    page = _sweep_report(tmp_path, [*args, "trainer.sharpness_every=0"]).read_text()
+    section = page[page.index("### Batch size") :]
+    number = r"([\d.e+]+)"
+    rows = re.findall(
+        rf"^\| (batch \d+|full batch) \| [^|]+ \| \d+ \| [^|]+ \| {number} \| {number} \|$",
+        section,
+        re.M,
+    )
+    assert sorted(r[0] for r in rows) == sorted(["batch 1", "batch 10", "batch 100", "full batch"])
+    # At epoch 0 every run has the same weights and probe (same seed): one B_simple.
+    assert len({r[1] for r in rows}) == 1 and float(rows[0][1]) > 0
+    assert "B_simple = tr(Σ)/|G|²" in section

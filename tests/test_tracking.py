@@ -298,3 +298,33 @@ def test_connect_checks_a_sqlite_store_once_while_its_file_exists(tmp_path, monk
     (tmp_path / "mlflow.db").unlink()
     connect(uri)
     assert len(checks) == 2
+
+
+def test_curvature_metrics_at_step_epoch_and_a_warning_tag_when_lanczos_stops_short(store_uri):
+    common = [f"tracking.uri={store_uri}", "trainer.epochs=3", "tracking.plots=false"]
+    common += ["optimizer=momentum", "optimizer.lr=0.1", "trainer.sharpness_every=2"]
+    bpexp.run([*common, "trainer.sharpness_iterations=2"])
+    client, run = only_run(store_uri)
+    run_id = run.info.run_id
+
+    def series(name):
+        return {m.step: m.value for m in client.get_metric_history(run_id, name)}
+
+    # Every sharpness_every = 2 epochs, step 0 included; the bound of momentum is (2 + 2β)/η.
+    assert sorted(series("sharpness")) == [0, 2]
+    assert series("sharpness_threshold") == {0: pytest.approx(38.0), 2: pytest.approx(38.0)}
+    assert series("sharpness_converged") == {0: 0.0, 2: 0.0}  # 2 Lanczos steps: not enough
+    assert "epochs 0, 2" in run.data.tags["warning.sharpness"]
+    assert sorted(series("distance_from_init/W1")) == [0, 1, 2, 3]
+    assert series("distance_from_init/W2")[0] == 0.0 < series("distance_from_init/W2")[3]
+    assert sorted(series("distance_from_init_ratio/W1")) == [0, 1, 2, 3]
+    assert all(v > 0 for v in series("grad_noise_scale").values())
+    assert sorted(series("grad_snr/W2")) == [0, 1, 2, 3]
+
+    # With the default budget the same measurements converge: no warning.
+    client.delete_run(run_id)
+    result = bpexp.run([*common, "+force=true"])
+    converged = client.get_run(result.run_id)
+    assert "warning.sharpness" not in converged.data.tags
+    assert converged.data.metrics["sharpness_converged"] == 1.0
+    assert converged.data.metrics["sharpness"] > 0
