@@ -41,10 +41,19 @@ SETTING_COLUMNS = ("optimizer.lr", "optimizer.beta")
 SCORED_OUTCOMES = ("completed", "diverged")  # runs that say something about the optimizer
 
 
+# Params are dotted config keys (``optimizer.lr``) or one of these top-level keys; metric names
+# contain "/" (``val/loss``) or are one word without a dot (``sharpness``, ``grad_noise_scale``).
+TOP_LEVEL_PARAMS = ("seed", "force")
+
+
 def param_columns(frame: pd.DataFrame) -> list[str]:
-    """The param columns of a runs frame: bpexp's metric names all contain "/", params none;
-    the run's identity columns (:data:`RUN_COLUMNS`) are not params either."""
-    return [c for c in frame.columns if c not in RUN_COLUMNS and "/" not in c]
+    """The param columns of a runs frame (see :data:`TOP_LEVEL_PARAMS`); the run's identity
+    columns (:data:`RUN_COLUMNS`) are not params either."""
+    return [
+        c
+        for c in frame.columns
+        if c not in RUN_COLUMNS and "/" not in c and ("." in c or c in TOP_LEVEL_PARAMS)
+    ]
 
 
 def arm_columns(frame: pd.DataFrame, by: Sequence[str] = ARM_COLUMNS) -> list[str]:

@@ -357,3 +357,11 @@ def test_compare_ranks_by_accuracy_by_default_and_refuses_losses_of_different_co
     with pytest.raises(ValueError, match="different costs"):
         analysis.compare(frame, metric="val/loss")
     assert len(analysis.compare(frame)) == 3  # accuracy is one quantity under every cost
+
+
+def test_one_word_metrics_are_not_params():
+    frame = pd.DataFrame(
+        {"run_id": ["a"], "optimizer.lr": [0.1], "seed": [0], "sharpness": [3.0]}
+        | {"grad_noise_scale": [5.0], "val/loss": [0.2]}
+    )
+    assert analysis.param_columns(frame) == ["optimizer.lr", "seed"]
