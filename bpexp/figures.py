@@ -241,9 +241,8 @@ def batch_size(runs: pd.DataFrame, history: pd.DataFrame) -> list[Section]:
     for label, t in zip(labels, times, strict=True):
         per_epoch = int(frame.loc[frame["label"] == label, "updates_per_epoch"].iloc[0])
         start, end = _noise_scale(history, frame.loc[frame["label"] == label, "run_id"])
-        text.append(
-            f"| {label} | {chosen[label]:g} | {per_epoch} | {t:.3g} | {start:.3g} | {end:.3g} |"
-        )
+        noise = f"{_cell(start)} | {_cell(end)}"
+        text.append(f"| {label} | {chosen[label]:g} | {per_epoch} | {t:.3g} | {noise} |")
     text += [
         "",
         "B_simple = tr(Σ)/|G|², the gradient noise scale on the probe set (`grad_noise_scale`,"
@@ -251,6 +250,10 @@ def batch_size(runs: pd.DataFrame, history: pd.DataFrame) -> list[Section]:
         " returns diminish (docs/instruments-curvature.md).",
     ]
     return [Section("Batch size: epochs, updates, samples, time", "batch_size.png", fig, text)]
+
+
+def _cell(value: float) -> str:
+    return "" if math.isnan(value) else f"{value:.3g}"
 
 
 def _noise_scale(history: pd.DataFrame, run_ids) -> tuple[float, float]:

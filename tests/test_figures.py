@@ -111,7 +111,8 @@ def test_batch_size_puts_loss_against_updates_and_samples():
                 "end_time": start + pd.Timedelta(seconds=2 * (3 - i)),
             }
         )
-        points += _history(run_id, {"val/loss": [1.0, 0.5, 0.25]})
+        series = {"val/loss": [1.0, 0.5, 0.25], "grad_noise_scale": [5.0, 6.0, 7.0 + i]}
+        points += _history(run_id, series)
     runs, history = _frame(rows, points)
     (section,) = figures.batch_size(runs, history)
     _readable(section)
@@ -119,8 +120,9 @@ def test_batch_size_puts_loss_against_updates_and_samples():
     xs = sorted(tuple(line.get_xdata()) for line in by_update.get_lines())
     # updates = epochs x ceil(100 / batch): 100, 10 and 1 an epoch (epoch 0 drawn at 1, log x)
     assert xs == sorted([(1, 100, 200), (1, 10, 20), (1, 1, 2)])
-    assert "| batch 1 | 0.1 | 100 | 3 |" in section.text
-    assert "| full batch | 0.3 | 1 | 1 |" in section.text
+    # B_simple (grad_noise_scale) at epoch 0 and at the last epoch, next to each batch size.
+    assert "| batch 1 | 0.1 | 100 | 3 | 5 | 7 |" in section.text
+    assert "| full batch | 0.3 | 1 | 1 | 5 | 9 |" in section.text
 
 
 def test_momentum_beta_heat_map_and_matched_lr_overlay():
@@ -173,3 +175,28 @@ def test_pixels3x4_prints_the_cost_after_0_1_10_50_updates():
     assert section.figure is None
     assert "| 0 | 0.5000 | 0.2500 | 0.0455 | 0.0098 | 1.000 |" in section.text
     assert "| 1 | 0.2500 | 0.1667 | 0.0417 | 0.0096 | 1.000 |" in section.text
+
+
+def test_edge_of_stability_draws_sharpness_against_each_threshold():
+    rows, points = [], []
+    for arm, factor in (("sgd", 2.0), ("momentum/classical", 3.8)):
+        for lr in (0.05, 0.1):
+            for seed in (0, 1):
+                run_id = f"{arm}{lr}{seed}"
+                diverged = (arm, lr, seed) == ("momentum/classical", 0.1, 1)
+                rows.append(
+                    {"run_id": run_id, "arm": arm, "optimizer.lr": lr, "seed": seed}
+                    | {"outcome": "diverged" if diverged else "completed"}
+                )
+                # Sharpness rises to the bound and stays there (the run that diverged stops).
+                bound = factor / lr
+                sharp = [bound / 2, bound, bound, bound * 1.02, bound][: 2 if diverged else 5]
+                points += _history(
+                    run_id, {"sharpness": sharp, "sharpness_threshold": [bound] * len(sharp)}
+                )
+    runs, history = _frame(rows, points)
+    (section,) = figures.edge_of_stability(runs, history)
+    _readable(section)
+    assert section.file == "sharpness.png" and len(section.figure.axes) == 4
+    assert "| sgd | 0.1 | 0 | completed | 20 | 10 | 20 | 1 | 20.4 |" in section.text
+    assert "| momentum/classical | 0.1 | 1 | diverged | 38 | 19 |  |  |  |" in section.text
