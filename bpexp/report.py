@@ -16,7 +16,10 @@ the MLflow UI are not empty.
 from __future__ import annotations
 
 import argparse
+import base64
+import html
 import math
+import mimetypes
 import re
 import sys
 import time
@@ -267,6 +270,7 @@ def write_report(
     lines += _section_lines(extra)
     index = out / "index.md"
     index.write_text("\n".join(lines))
+    write_html(index)
     return Report(index, comparison, curves)
 
 
@@ -570,6 +574,7 @@ def write_protocol_report(
     ]
     index = out / "index.md"
     index.write_text("\n".join(lines))
+    write_html(index)
     return Report(index, table, curves)
 
 
@@ -581,6 +586,101 @@ def _section_lines(sections: Sequence[figures_module.Section]) -> list[str]:
             lines += [f"![{section.title}]({section.file})", ""]
         lines += [*section.text, ""]
     return lines
+
+
+_INLINE = re.compile(r"`([^`]+)`|\[([^\]]+)\]\(([^)\s]+)\)|\*\*([^*]+)\*\*")
+
+
+def _inline_html(text: str) -> str:
+    """Code spans, bold and links of one line of the report's Markdown, the rest escaped. A link to
+    a file of the report folder becomes its name: the page is shown from a blob URL in the
+    MLflow UI, where relative links lead nowhere (the files are beside it in the artifact tree).
+    """
+    parts, last = [], 0
+    for match in _INLINE.finditer(text):
+        parts.append(html.escape(text[last : match.start()]))
+        code, label, href, strong = match.groups()
+        if code is not None:
+            parts.append(f"<code>{html.escape(code)}</code>")
+        elif strong is not None:
+            parts.append(f"<strong>{html.escape(strong)}</strong>")
+        elif "://" in href:
+            parts.append(f'<a href="{html.escape(href)}">{html.escape(label)}</a>')
+        else:
+            parts.append(f"<code>{html.escape(href)}</code>")
+        last = match.end()
+    parts.append(html.escape(text[last:]))
+    return "".join(parts)
+
+
+def _table_html(rows: list[str]) -> str:
+    cells = [[c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", r)[1:-1]] for r in rows]
+    head, body = cells[0], cells[2:]  # cells[1] is the |---| line
+    lines = ["<table>", "<tr>" + "".join(f"<th>{_inline_html(c)}</th>" for c in head) + "</tr>"]
+    lines += [
+        "<tr>" + "".join(f"<td>{_inline_html(c)}</td>" for c in row) + "</tr>" for row in body
+    ]
+    return "\n".join([*lines, "</table>"])
+
+
+_IMAGE = re.compile(r"^!\[([^\]]*)\]\(([^)\s]+)\)$")
+_STYLE = (
+    "body{font-family:sans-serif;margin:1em 2em;color:#222}"
+    "table{border-collapse:collapse;font-size:90%}"
+    "th,td{border:1px solid #ccc;padding:2px 6px;text-align:left}"
+    "img{max-width:100%}code{background:#f3f3f3}"
+)
+
+
+def write_html(index: Path) -> Path:
+    """Write ``index.html`` beside the report's ``index.md``: the same page with each figure
+    embedded as a ``data:`` URI, so it is whole in one file.
+
+    MLflow's artifact viewer shows Markdown with its images as bare links (it does not
+    resolve relative paths) but renders an HTML artifact, images included. The Markdown is
+    the one :func:`write_report` and :func:`write_protocol_report` write: headings, ``-``
+    lists, pipe tables, one image a line and paragraphs, with inline code, bold and links.
+    """
+    out: list[str] = []
+    lines = index.read_text().splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("|"):
+            rows = []
+            while i < len(lines) and lines[i].startswith("|"):
+                rows.append(lines[i])
+                i += 1
+            out.append(_table_html(rows))
+            continue
+        if line.startswith("- "):
+            items = []
+            while i < len(lines) and lines[i].startswith("- "):
+                items.append(f"<li>{_inline_html(lines[i][2:])}</li>")
+                i += 1
+            out.append("<ul>\n" + "\n".join(items) + "\n</ul>")
+            continue
+        heading = re.match(r"^(#{1,6}) (.*)$", line)
+        image = _IMAGE.match(line)
+        if heading:
+            level = len(heading.group(1))
+            out.append(f"<h{level}>{_inline_html(heading.group(2))}</h{level}>")
+        elif image:
+            alt, name = image.groups()
+            kind = mimetypes.guess_type(name)[0] or "image/png"
+            data = base64.b64encode((index.parent / name).read_bytes()).decode("ascii")
+            out.append(f'<p><img alt="{html.escape(alt)}" src="data:{kind};base64,{data}"></p>')
+        elif line.strip():
+            out.append(f"<p>{_inline_html(line)}</p>")
+        i += 1
+    title = next((line[2:] for line in lines if line.startswith("# ")), "report")
+    page = (
+        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}'
+        f"</title><style>{_STYLE}</style></head><body>\n" + "\n".join(out) + "\n</body></html>\n"
+    )
+    path = index.with_suffix(".html")
+    path.write_text(page)
+    return path
 
 
 def parent_metrics(curves: pd.DataFrame, timestamp: int | None = None) -> list[Metric]:
