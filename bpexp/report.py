@@ -9,8 +9,8 @@ writes ``reports/<sweep>-<parent id prefix>/`` (default: the latest sweep of the
 ``comparison.csv`` and ``runs.csv``, and logs the folder to the parent run under ``report/``.
 At the end of a multirun :func:`log_sweep` does the same for the runs in the sweep's summary
 and also logs, per epoch, each arm's mean over seeds at its best setting as
-``sweep/<metric>/<arm>`` metrics of the parent run (``sweep/val/loss/sgd``), so its charts in
-the MLflow UI are not empty.
+``<arm>/<metric>/<sweep>`` metrics of the parent run (``sgd/val/loss/optimizers``), so its
+charts in the MLflow UI are not empty.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from bpexp import protocol as proto
 from bpexp.tracking import BATCH_LIMIT
 
 REPORT_ARTIFACT_PATH = "report"
-PARENT_METRICS = ("val/loss", "val/accuracy", "train/loss")  # logged as sweep/<metric>/<arm>
+PARENT_METRICS = ("val/loss", "val/accuracy", "train/loss")  # logged as <arm>/<metric>/<sweep>
 PLOT_FILES = {
     "loss_curves.png": "Loss per epoch (train dashed, validation solid)",
     "accuracy_curves.png": "Accuracy per epoch (train dashed, validation solid)",
@@ -58,14 +58,23 @@ class Report:
     curves: pd.DataFrame  # history rows of each arm's best-setting runs, with an `arm` column
 
 
-def parent_metric_key(metric: str, arm: str) -> str:
-    """The parent run's name for an arm's mean curve of a run metric, ``sweep/<metric>/<arm>``:
-    in the arm, "/" and "+" become "-" and every other character MLflow does not allow (it
-    allows letters, digits, ``_ - . : /`` and spaces) or a space becomes "_", so
-    ``parent_metric_key("val/loss", "momentum/ema+bc")`` is ``sweep/val/loss/momentum-ema-bc``.
+def parent_metric_key(metric: str, arm: str, sweep: str) -> str:
+    """The parent run's name for an arm's mean curve of a run metric, ``<arm>/<metric>/<sweep>``.
+
+    The arm comes first because MLflow's chart tiles show a key's beginning and cut the rest;
+    the sweep name last keeps a tile to the parents of one sweep (the ``sgd`` arm of
+    ``optimizers`` and of ``batch_size`` are different tiles), and MLflow's chart view groups
+    the tiles into sections by the key up to its last "/": one section per arm and metric.
+    In the arm and the sweep, "/" and "+" become "-" and every other character MLflow does not
+    allow (it allows letters, digits, ``_ - . : /`` and spaces) or a space becomes "_", so
+    ``parent_metric_key("val/loss", "momentum/ema+bc", "momentum_beta")`` is
+    ``momentum-ema-bc/val/loss/momentum_beta``.
     """
-    clean = re.sub(r"[^\w.:-]+", "_", arm.replace("/", "-").replace("+", "-"))
-    return f"sweep/{metric}/{clean}"
+
+    def clean(name: str) -> str:
+        return re.sub(r"[^\w.:-]+", "_", name.replace("/", "-").replace("+", "-"))
+
+    return f"{clean(arm)}/{metric}/{clean(sweep)}"
 
 
 def _better(metric: str) -> str:
@@ -683,9 +692,9 @@ def write_html(index: Path) -> Path:
     return path
 
 
-def parent_metrics(curves: pd.DataFrame, timestamp: int | None = None) -> list[Metric]:
+def parent_metrics(curves: pd.DataFrame, sweep: str, timestamp: int | None = None) -> list[Metric]:
     """Per arm and epoch, the mean over seeds of ``val/loss``, ``val/accuracy`` and
-    ``train/loss`` at the arm's best setting, as ``sweep/val/loss/<arm>`` etc.
+    ``train/loss`` at the arm's best setting, as ``<arm>/val/loss/<sweep>`` etc.
 
     ``curves``: history rows with an ``arm`` column (:func:`arm_history`). Non-finite means
     (a diverged seed) are left out.
@@ -694,7 +703,7 @@ def parent_metrics(curves: pd.DataFrame, timestamp: int | None = None) -> list[M
     rows = curves[curves["metric"].isin(PARENT_METRICS)]
     means = rows.groupby(["arm", "metric", "step"])["value"].mean().reset_index()
     return [
-        Metric(parent_metric_key(m, arm), float(v), timestamp, int(step))
+        Metric(parent_metric_key(m, arm, sweep), float(v), timestamp, int(step))
         for arm, m, step, v in means.itertuples(index=False)
         if np.isfinite(v)
     ]
@@ -722,7 +731,7 @@ def log_sweep(
     client: MlflowClient, parent: str, sweep_dir: Path, table: pd.DataFrame
 ) -> Path | None:
     """The end-of-multirun report: written to ``<sweep_dir>/report/``, logged to the parent run
-    under ``report/``, plus the parent's ``sweep/<metric>/<arm>`` metrics.
+    under ``report/``, plus the parent's ``<arm>/<metric>/<sweep>`` metrics.
 
     ``table``: the sweep summary (columns ``job, outcome, run_id, ...``). Its runs, the jobs
     skipped because an identical completed run existed included, are read from the store (their
@@ -745,7 +754,7 @@ def log_sweep(
     else:
         report = write_report(runs, history, out, title=f"Sweep `{name}`", notes=notes, sweep=name)
     client.log_artifacts(parent, str(out), REPORT_ARTIFACT_PATH)
-    _log_metrics(client, parent, parent_metrics(report.curves))
+    _log_metrics(client, parent, parent_metrics(report.curves, name))
     print(f"report: {report.index}", flush=True)
     return report.index
 
@@ -800,8 +809,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_log:
         client.log_artifacts(parent, str(out), REPORT_ARTIFACT_PATH)
         # The end of the multirun logged them already, unless it predates the report code.
-        if not any(key.startswith("sweep/") for key in client.get_run(parent).data.metrics):
-            _log_metrics(client, parent, parent_metrics(report.curves))
+        metrics = parent_metrics(report.curves, name)
+        if not {m.key for m in metrics} & set(client.get_run(parent).data.metrics):
+            _log_metrics(client, parent, metrics)
         print(f"logged to parent run {parent} under {REPORT_ARTIFACT_PATH}/")
     print(report.index)
     return 0
