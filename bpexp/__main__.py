@@ -45,6 +45,7 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 
 def main() -> None:
+    config.check_command_line(sys.argv[1:])
     signal.signal(signal.SIGTERM, _on_sigterm)
     stopped = None
     try:
