@@ -10,6 +10,7 @@ screenshots.
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
 import select
@@ -32,13 +33,22 @@ FLAGS = [
 ]
 
 
+def _high_fds(fds: tuple[int, int]) -> tuple[int, int]:
+    """The pipe's ends moved to fds >= 10, so that putting them on 3 and 4 in the child
+    cannot overwrite one with the other."""
+    moved = tuple(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in fds)
+    for fd in fds:
+        os.close(fd)
+    return moved
+
+
 class Browser:
     def __init__(self, width: int = 1400, height: int = 1000) -> None:
         if CHROMIUM is None:
             raise RuntimeError("chromium is not installed")
         self._profile = tempfile.mkdtemp(prefix="bpexp-chromium-")
-        commands_r, self._commands = os.pipe()
-        self._replies, replies_w = os.pipe()
+        commands_r, self._commands = _high_fds(os.pipe())
+        self._replies, replies_w = _high_fds(os.pipe())
         args = [
             *FLAGS,
             f"--user-data-dir={self._profile}",
@@ -46,12 +56,17 @@ class Browser:
             "--remote-debugging-pipe",
             "about:blank",
         ]
-        # The shell puts the pipe ends on the fds Chromium expects, 3 and 4.
+
+        def on_3_and_4() -> None:  # in the child, before exec: the fds Chromium expects
+            os.dup2(commands_r, 3)
+            os.dup2(replies_w, 4)
+
         self._proc = subprocess.Popen(
-            ["sh", "-c", f'exec "$0" "$@" 3<&{commands_r} 4>&{replies_w}', CHROMIUM, *args],
-            pass_fds=(commands_r, replies_w),
+            [CHROMIUM, *args],
+            pass_fds=(3, 4),
+            preexec_fn=on_3_and_4,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=(Path(self._profile) / "chromium.log").open("w"),
         )
         os.close(commands_r)
         os.close(replies_w)
@@ -77,7 +92,8 @@ class Browser:
                 return None
             chunk = os.read(self._replies, 1 << 20)
             if not chunk:
-                raise RuntimeError("chromium closed the pipe")
+                log = (Path(self._profile) / "chromium.log").read_text()[-3000:]
+                raise RuntimeError(f"chromium closed the pipe; its log ends:\n{log}")
             self._buffer += chunk
         message, self._buffer = self._buffer.split(b"\0", 1)
         parsed = json.loads(message)
@@ -118,10 +134,10 @@ class Browser:
         return result["result"].get("value")
 
     def frame_values(self, expression: str) -> list:
-        """``expression`` evaluated in the page and in each of its iframes. Chromium runs a
-        sandboxed iframe (MLflow's HTML artifact view) in a process of its own: its session
-        comes from the auto-attach set up at start."""
-        values = [self.evaluate(expression)]
+        """``expression`` evaluated in each of the page's iframes. Chromium runs a sandboxed
+        iframe (MLflow's HTML artifact view) in a process of its own: its session comes from
+        the auto-attach set up at start."""
+        values = []
         for session, kind in list(self.frames.items()):
             if kind == "iframe":
                 try:
@@ -131,7 +147,8 @@ class Browser:
         return values
 
     def wait_for(self, expression: str, timeout: float = 60.0, frames: bool = False):
-        """Poll until ``expression`` is truthy in the page (or in any frame); returns it."""
+        """Poll until ``expression`` is truthy in the page (or in one of its iframes); returns
+        its value, or None after ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
         while True:
             values = self.frame_values(expression) if frames else [self.evaluate(expression)]
