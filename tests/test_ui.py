@@ -20,12 +20,14 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def served_sweep(tmp_path_factory):
-    """The `optimizers` sweep cut to 3 optimizers x lr 0.3 x seeds {0, 1}, 2 epochs, logged to
-    a real server; yields the server's URL, the experiment id and the parent run id."""
+    """The `optimizers` sweep as a plain grid (no protocol) cut to 3 optimizers x lr 0.3 x
+    seeds {0, 1}, 2 epochs, logged to a real server; yields the server's URL, the experiment
+    id and the parent run id."""
     folder = tmp_path_factory.mktemp("ui")
     url, proc = start_mlflow_server(folder)
     try:
-        args = ["sweep=optimizers", "optimizer.lr=0.3", "seed=0,1", "trainer.epochs=2"]
+        args = ["sweep=optimizers", "hydra.sweeper.protocol=null", "optimizer.lr=0.3", "seed=0,1"]
+        args.append("trainer.epochs=2")
         out = run_cli([*args, f"tracking.uri={url}"], folder)
         assert out.returncode == 0, out.stderr[-3000:]
         client = MlflowClient(tracking_uri=url)
