@@ -65,6 +65,7 @@ def _exit_code(signum: int) -> int:
 
 
 def main() -> None:
+    config.check_command_line(sys.argv[1:])
     signal.signal(signal.SIGTERM, _on_stop_signal)
     signal.signal(signal.SIGINT, _on_stop_signal)
     stopped = None

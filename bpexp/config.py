@@ -9,6 +9,8 @@ then checks the values (ranges, allowed names, incompatible pairs) before anythi
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,6 +102,56 @@ def register() -> None:
     ConfigStore.instance().store(name="bpexp_schema", node=Config)
     Plugins.instance().register(BpexpSweeper)
     OmegaConf.register_new_resolver("bpexp_sweeps", lambda: SWEEPS_DIR.as_posix(), replace=True)
+
+
+def group_options() -> dict[str, list[str]]:
+    """The options of each config group and where they live: ``conf/<group>/*.yaml``, and the
+    named sweeps ``sweeps/sweep/*.yaml`` (Hydra's own ``hydra/...`` groups left out)."""
+    folders = {d.name: d for d in CONF_DIR.iterdir() if d.is_dir() and d.name != "hydra"}
+    folders["sweep"] = SWEEPS_DIR / "sweep"
+    return {name: sorted(p.stem for p in d.glob("*.yaml")) for name, d in folders.items()}
+
+
+def check_options(overrides: Sequence[str]) -> None:
+    """Raise ConfigError when an override gives a config group an option it does not have.
+
+    Hydra drops an unknown option of the optional ``sweep`` group without a word (a misspelt
+    sweep would run the default experiment), so this runs before Hydra does. Overrides Hydra
+    cannot parse are left to Hydra's own message.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    args = [a for a in overrides if not a.startswith("-") and "=" in a]
+    try:
+        parsed = OverridesParser.create().parse_overrides(args)
+    except HydraException:
+        return
+    options = group_options()
+    for override in parsed:
+        group = override.key_or_group
+        if group not in options or override.is_delete():
+            continue
+        if override.value_type is not None and override.value_type.name == "GLOB_CHOICE_SWEEP":
+            given = [] if override.value().filter(options[group]) else [override.get_value_string()]
+        elif override.is_sweep_override():
+            given = list(override.sweep_string_iterator())
+        else:
+            given = [override.value()]
+        for value in given:
+            if value is not None and value not in options[group]:
+                where = "named sweeps in sweeps/sweep/" if group == "sweep" else f"conf/{group}/"
+                raise bad_value(group, value, f"{', '.join(options[group])} ({where})")
+
+
+def check_command_line(args: Sequence[str]) -> None:
+    """:func:`check_options` for ``python -m bpexp ARGS``: prints the error and exits with
+    code 2, before anything runs."""
+    try:
+        check_options(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
 
 
 def to_optimizer(cfg: OptimizerConfig | DictConfig) -> Optimizer:

@@ -9,14 +9,17 @@ writes ``reports/<sweep>-<parent id prefix>/`` (default: the latest sweep of the
 ``comparison.csv`` and ``runs.csv``, and logs the folder to the parent run under ``report/``.
 At the end of a multirun :func:`log_sweep` does the same for the runs in the sweep's summary
 and also logs, per epoch, each arm's mean over seeds at its best setting as
-``sweep/<metric>/<arm>`` metrics of the parent run (``sweep/val/loss/sgd``), so its charts in
-the MLflow UI are not empty.
+``<arm>/<metric>/<sweep>`` metrics of the parent run (``sgd/val/loss/optimizers``), so its
+charts in the MLflow UI are not empty.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import html
 import math
+import mimetypes
 import re
 import sys
 import time
@@ -36,7 +39,7 @@ from bpexp import protocol as proto
 from bpexp.tracking import BATCH_LIMIT
 
 REPORT_ARTIFACT_PATH = "report"
-PARENT_METRICS = ("val/loss", "val/accuracy", "train/loss")  # logged as sweep/<metric>/<arm>
+PARENT_METRICS = ("val/loss", "val/accuracy", "train/loss")  # logged as <arm>/<metric>/<sweep>
 PLOT_FILES = {
     "loss_curves.png": "Loss per epoch (train dashed, validation solid)",
     "accuracy_curves.png": "Accuracy per epoch (train dashed, validation solid)",
@@ -55,14 +58,23 @@ class Report:
     curves: pd.DataFrame  # history rows of each arm's best-setting runs, with an `arm` column
 
 
-def parent_metric_key(metric: str, arm: str) -> str:
-    """The parent run's name for an arm's mean curve of a run metric, ``sweep/<metric>/<arm>``:
-    in the arm, "/" and "+" become "-" and every other character MLflow does not allow (it
-    allows letters, digits, ``_ - . : /`` and spaces) or a space becomes "_", so
-    ``parent_metric_key("val/loss", "momentum/ema+bc")`` is ``sweep/val/loss/momentum-ema-bc``.
+def parent_metric_key(metric: str, arm: str, sweep: str) -> str:
+    """The parent run's name for an arm's mean curve of a run metric, ``<arm>/<metric>/<sweep>``.
+
+    The arm comes first because MLflow's chart tiles show a key's beginning and cut the rest;
+    the sweep name last keeps a tile to the parents of one sweep (the ``sgd`` arm of
+    ``optimizers`` and of ``batch_size`` are different tiles), and MLflow's chart view groups
+    the tiles into sections by the key up to its last "/": one section per arm and metric.
+    In the arm and the sweep, "/" and "+" become "-" and every other character MLflow does not
+    allow (it allows letters, digits, ``_ - . : /`` and spaces) or a space becomes "_", so
+    ``parent_metric_key("val/loss", "momentum/ema+bc", "momentum_beta")`` is
+    ``momentum-ema-bc/val/loss/momentum_beta``.
     """
-    clean = re.sub(r"[^\w.:-]+", "_", arm.replace("/", "-").replace("+", "-"))
-    return f"sweep/{metric}/{clean}"
+
+    def clean(name: str) -> str:
+        return re.sub(r"[^\w.:-]+", "_", name.replace("/", "-").replace("+", "-"))
+
+    return f"{clean(arm)}/{metric}/{clean(sweep)}"
 
 
 def _better(metric: str) -> str:
@@ -267,6 +279,7 @@ def write_report(
     lines += _section_lines(extra)
     index = out / "index.md"
     index.write_text("\n".join(lines))
+    write_html(index)
     return Report(index, comparison, curves)
 
 
@@ -570,6 +583,7 @@ def write_protocol_report(
     ]
     index = out / "index.md"
     index.write_text("\n".join(lines))
+    write_html(index)
     return Report(index, table, curves)
 
 
@@ -583,9 +597,104 @@ def _section_lines(sections: Sequence[figures_module.Section]) -> list[str]:
     return lines
 
 
-def parent_metrics(curves: pd.DataFrame, timestamp: int | None = None) -> list[Metric]:
+_INLINE = re.compile(r"`([^`]+)`|\[([^\]]+)\]\(([^)\s]+)\)|\*\*([^*]+)\*\*")
+
+
+def _inline_html(text: str) -> str:
+    """Code spans, bold and links of one line of the report's Markdown, the rest escaped. A link to
+    a file of the report folder becomes its name: the page is shown from a blob URL in the
+    MLflow UI, where relative links lead nowhere (the files are beside it in the artifact tree).
+    """
+    parts, last = [], 0
+    for match in _INLINE.finditer(text):
+        parts.append(html.escape(text[last : match.start()]))
+        code, label, href, strong = match.groups()
+        if code is not None:
+            parts.append(f"<code>{html.escape(code)}</code>")
+        elif strong is not None:
+            parts.append(f"<strong>{html.escape(strong)}</strong>")
+        elif "://" in href:
+            parts.append(f'<a href="{html.escape(href)}">{html.escape(label)}</a>')
+        else:
+            parts.append(f"<code>{html.escape(href)}</code>")
+        last = match.end()
+    parts.append(html.escape(text[last:]))
+    return "".join(parts)
+
+
+def _table_html(rows: list[str]) -> str:
+    cells = [[c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", r)[1:-1]] for r in rows]
+    head, body = cells[0], cells[2:]  # cells[1] is the |---| line
+    lines = ["<table>", "<tr>" + "".join(f"<th>{_inline_html(c)}</th>" for c in head) + "</tr>"]
+    lines += [
+        "<tr>" + "".join(f"<td>{_inline_html(c)}</td>" for c in row) + "</tr>" for row in body
+    ]
+    return "\n".join([*lines, "</table>"])
+
+
+_IMAGE = re.compile(r"^!\[([^\]]*)\]\(([^)\s]+)\)$")
+_STYLE = (
+    "body{font-family:sans-serif;margin:1em 2em;color:#222}"
+    "table{border-collapse:collapse;font-size:90%}"
+    "th,td{border:1px solid #ccc;padding:2px 6px;text-align:left}"
+    "img{max-width:100%}code{background:#f3f3f3}"
+)
+
+
+def write_html(index: Path) -> Path:
+    """Write ``index.html`` beside the report's ``index.md``: the same page with each figure
+    embedded as a ``data:`` URI, so it is whole in one file.
+
+    MLflow's artifact viewer shows Markdown with its images as bare links (it does not
+    resolve relative paths) but renders an HTML artifact, images included. The Markdown is
+    the one :func:`write_report` and :func:`write_protocol_report` write: headings, ``-``
+    lists, pipe tables, one image a line and paragraphs, with inline code, bold and links.
+    """
+    out: list[str] = []
+    lines = index.read_text().splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("|"):
+            rows = []
+            while i < len(lines) and lines[i].startswith("|"):
+                rows.append(lines[i])
+                i += 1
+            out.append(_table_html(rows))
+            continue
+        if line.startswith("- "):
+            items = []
+            while i < len(lines) and lines[i].startswith("- "):
+                items.append(f"<li>{_inline_html(lines[i][2:])}</li>")
+                i += 1
+            out.append("<ul>\n" + "\n".join(items) + "\n</ul>")
+            continue
+        heading = re.match(r"^(#{1,6}) (.*)$", line)
+        image = _IMAGE.match(line)
+        if heading:
+            level = len(heading.group(1))
+            out.append(f"<h{level}>{_inline_html(heading.group(2))}</h{level}>")
+        elif image:
+            alt, name = image.groups()
+            kind = mimetypes.guess_type(name)[0] or "image/png"
+            data = base64.b64encode((index.parent / name).read_bytes()).decode("ascii")
+            out.append(f'<p><img alt="{html.escape(alt)}" src="data:{kind};base64,{data}"></p>')
+        elif line.strip():
+            out.append(f"<p>{_inline_html(line)}</p>")
+        i += 1
+    title = next((line[2:] for line in lines if line.startswith("# ")), "report")
+    page = (
+        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}'
+        f"</title><style>{_STYLE}</style></head><body>\n" + "\n".join(out) + "\n</body></html>\n"
+    )
+    path = index.with_suffix(".html")
+    path.write_text(page)
+    return path
+
+
+def parent_metrics(curves: pd.DataFrame, sweep: str, timestamp: int | None = None) -> list[Metric]:
     """Per arm and epoch, the mean over seeds of ``val/loss``, ``val/accuracy`` and
-    ``train/loss`` at the arm's best setting, as ``sweep/val/loss/<arm>`` etc.
+    ``train/loss`` at the arm's best setting, as ``<arm>/val/loss/<sweep>`` etc.
 
     ``curves``: history rows with an ``arm`` column (:func:`arm_history`). Non-finite means
     (a diverged seed) are left out.
@@ -594,7 +703,7 @@ def parent_metrics(curves: pd.DataFrame, timestamp: int | None = None) -> list[M
     rows = curves[curves["metric"].isin(PARENT_METRICS)]
     means = rows.groupby(["arm", "metric", "step"])["value"].mean().reset_index()
     return [
-        Metric(parent_metric_key(m, arm), float(v), timestamp, int(step))
+        Metric(parent_metric_key(m, arm, sweep), float(v), timestamp, int(step))
         for arm, m, step, v in means.itertuples(index=False)
         if np.isfinite(v)
     ]
@@ -622,7 +731,7 @@ def log_sweep(
     client: MlflowClient, parent: str, sweep_dir: Path, table: pd.DataFrame
 ) -> Path | None:
     """The end-of-multirun report: written to ``<sweep_dir>/report/``, logged to the parent run
-    under ``report/``, plus the parent's ``sweep/<metric>/<arm>`` metrics.
+    under ``report/``, plus the parent's ``<arm>/<metric>/<sweep>`` metrics.
 
     ``table``: the sweep summary (columns ``job, outcome, run_id, ...``). Its runs, the jobs
     skipped because an identical completed run existed included, are read from the store (their
@@ -645,7 +754,7 @@ def log_sweep(
     else:
         report = write_report(runs, history, out, title=f"Sweep `{name}`", notes=notes, sweep=name)
     client.log_artifacts(parent, str(out), REPORT_ARTIFACT_PATH)
-    _log_metrics(client, parent, parent_metrics(report.curves))
+    _log_metrics(client, parent, parent_metrics(report.curves, name))
     print(f"report: {report.index}", flush=True)
     return report.index
 
@@ -700,8 +809,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_log:
         client.log_artifacts(parent, str(out), REPORT_ARTIFACT_PATH)
         # The end of the multirun logged them already, unless it predates the report code.
-        if not any(key.startswith("sweep/") for key in client.get_run(parent).data.metrics):
-            _log_metrics(client, parent, parent_metrics(report.curves))
+        metrics = parent_metrics(report.curves, name)
+        if not {m.key for m in metrics} & set(client.get_run(parent).data.metrics):
+            _log_metrics(client, parent, metrics)
         print(f"logged to parent run {parent} under {REPORT_ARTIFACT_PATH}/")
     print(report.index)
     return 0

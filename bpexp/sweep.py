@@ -503,7 +503,7 @@ def finish(stopped: str | None = None) -> int:
 
 
 def _close_parent(uri: str, parent: str, sweep_dir: Path, table: pd.DataFrame, status: str) -> None:
-    """Log the summary and the report (comparison, plots, ``sweep/`` metrics) to the parent run
+    """Log the summary and the report (comparison, plots, arm metrics) to the parent run
     and close it; a report failure must not lose the summary or leave the parent open."""
     from bpexp import report
     from bpexp import tracking as tr

@@ -95,6 +95,14 @@ def connect(uri: str, timeout: float = 10.0) -> MlflowClient:
     try:
         client.search_experiments(max_results=1)  # creates a fresh SQLite schema, once
     except Exception as exc:
+        if getattr(exc, "error_code", None) == "UNAUTHENTICATED":
+            given = "MLFLOW_TRACKING_USERNAME" in os.environ
+            raise TrackingError(
+                f"tracking.uri={uri!r}: the MLflow server asks for a user name and password"
+                + (" and refused those given" if given else "")
+                + ": set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD in the"
+                " environment of the command"
+            ) from exc
         raise TrackingError(f"tracking.uri={uri!r}: the store cannot be used: {exc}") from exc
     if uri.startswith("sqlite:///"):
         client = _CHECKED_SQLITE.setdefault(uri, client)  # one dict operation: atomic

@@ -82,15 +82,37 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_mlflow_server(folder: Path) -> tuple[str, subprocess.Popen]:
+AUTH_ADMIN = ("admin", "bpexp-test-password-1")
+
+
+def start_mlflow_server(folder: Path, auth: bool = False) -> tuple[str, subprocess.Popen]:
     """Start a real `mlflow server --workers 1` on 127.0.0.1 (SQLite backend created first) and
-    wait until it answers /health; returns its URL and process (the caller stops it)."""
+    wait until it answers /health; returns its URL and process (the caller stops it).
+
+    ``auth``: with MLflow's basic auth (``--app-name basic-auth``), its users in
+    ``folder/auth.db`` and the admin user and password of :data:`AUTH_ADMIN`."""
     backend = f"sqlite:///{folder / 'server.db'}"
     from mlflow import MlflowClient
 
     MlflowClient(tracking_uri=backend).search_experiments(max_results=1)
     port = free_port()
     log = folder / "server.log"
+    env = dict(os.environ)
+    auth_args = []
+    if auth:
+        ini = folder / "auth.ini"
+        ini.write_text(
+            "[mlflow]\ndefault_permission = READ\n"
+            f"database_uri = sqlite:///{folder / 'auth.db'}\n"
+            f"admin_username = {AUTH_ADMIN[0]}\n"
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        )
+        env |= {
+            "MLFLOW_AUTH_CONFIG_PATH": str(ini),
+            "MLFLOW_AUTH_ADMIN_PASSWORD": AUTH_ADMIN[1],
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": "bpexp-test-secret",
+        }
+        auth_args = ["--app-name", "basic-auth"]
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -107,7 +129,9 @@ def start_mlflow_server(folder: Path) -> tuple[str, subprocess.Popen]:
             backend,
             "--artifacts-destination",
             str(folder / "artifacts"),
+            *auth_args,
         ],
+        env=env,
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
         cwd=folder,

@@ -234,3 +234,47 @@ def test_wheel_ships_conf_and_sweeps(tmp_path):
             assert f"bpexp/conf/{group}/{option}.yaml" in names
     for name in SWEEPS:
         assert f"bpexp/sweeps/sweep/{name}.yaml" in names
+
+
+@pytest.mark.parametrize(
+    ("overrides", "group", "value"),
+    [
+        (["sweep=optimisers"], "sweep", "optimisers"),
+        (["+sweep=optimisers"], "sweep", "optimisers"),
+        (["sweep=optimizers,depht"], "sweep", "depht"),
+        (["optimizer=choice(sgd,nesterv)"], "optimizer", "nesterv"),
+        (["network.hidden=[5]", "data=digit"], "data", "digit"),
+        (["optimizer=glob(zz*)"], "optimizer", "glob(zz*)"),
+    ],
+)
+def test_an_unknown_group_option_names_the_options(overrides, group, value):
+    with pytest.raises(ConfigError) as caught:
+        config.check_options(overrides)
+    message = str(caught.value)
+    assert message.startswith(f"{group}={value!r} is not allowed"), message
+    folder = config.SWEEPS_DIR / "sweep" if group == "sweep" else config.CONF_DIR / group
+    for option in sorted(p.stem for p in folder.glob("*.yaml")):
+        assert option in message
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        [],
+        ["sweep=null", "~sweep"],
+        ["-m", "sweep=optimizers", "optimizer=sgd,nesterov", "optimizer.lr=0.1,1.0"],
+        ["optimizer=choice(sgd,adam)", "cost=glob(*cross*)", "optimizer@other=sgd"],
+        ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "network.hidden=[30,30]"],
+        ["--cfg", "job", "seed=range(3)", "+force=true"],
+        ["optimizer=(", "sweep="],  # a syntax error is left to Hydra's own message
+    ],
+)
+def test_known_options_and_other_overrides_pass(overrides):
+    config.check_options(overrides)
+
+
+def test_run_from_python_refuses_an_unknown_sweep_too():
+    import bpexp
+
+    with pytest.raises(ConfigError, match="sweep='optimisers'"):
+        bpexp.run(["sweep=optimisers", "tracking.enabled=false"])

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import run_cli
+from tests.conftest import ROOT, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -49,6 +49,28 @@ def test_bad_config_stops_before_any_run(tmp_path, store_uri, override, key):
     assert key in proc.stderr, proc.stderr
     assert "epoch" not in proc.stdout
     assert runs_in(store_uri) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "named", "folder"),
+    [
+        (["sweep=optimisers"], "sweep='optimisers'", "sweeps/sweep"),
+        (["-m", "optimizer=sgd,nesterv"], "optimizer='nesterv'", "conf/optimizer"),
+        (["data=digit", "trainer.epochs=1"], "data='digit'", "conf/data"),
+    ],
+)
+def test_an_unknown_sweep_or_group_option_stops_before_anything_runs(
+    tmp_path, store_uri, args, named, folder
+):
+    # Hydra alone would drop the optional sweep group's unknown option and train the default.
+    proc = run_cli([*args, f"tracking.uri={store_uri}"], tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith(f"error: {named} is not allowed; allowed: "), proc.stderr
+    for option in (ROOT / folder).glob("*.yaml"):
+        assert option.stem in proc.stderr
+    assert "epoch" not in proc.stdout and "Traceback" not in proc.stderr
+    assert runs_in(store_uri) == []
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / "multirun").exists()
 
 
 def test_bad_config_in_a_multirun_creates_no_run(tmp_path, store_uri):

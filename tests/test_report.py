@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import re
 import shutil
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -25,13 +27,40 @@ def swept(tmp_path_factory) -> dict:
     return tiny_optimizers_sweep(tmp_path_factory.mktemp("sweep"))
 
 
+class _Images(HTMLParser):
+    """The ``alt`` and ``src`` of every ``<img>`` of a page, and its table cells' text."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.images: dict[str, str] = {}
+        self.cells: list[str] = []
+        self._in_cell = False
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.images[dict(attrs)["alt"]] = dict(attrs)["src"]
+        self._in_cell = tag in ("td", "th")
+
+    def handle_data(self, data):
+        if self._in_cell:
+            self.cells.append(data.strip())
+            self._in_cell = False
+
+
 def _check_report_folder(folder: Path) -> str:
-    """Every plot exists, opens as an image and is linked from index.md; returns the page."""
+    """Every plot exists, opens as an image, is linked from index.md and embedded whole in
+    index.html; returns the Markdown page."""
     page = (folder / "index.md").read_text()
-    for name in report.PLOT_FILES:
+    parsed = _Images()
+    parsed.feed((folder / "index.html").read_text())
+    for name, caption in report.PLOT_FILES.items():
         image = imread(folder / name)
         assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100, name
         assert f"]({name})" in page, name
+        kind, data = parsed.images[caption].split(",", 1)
+        assert kind == "data:image/png;base64"
+        assert base64.b64decode(data) == (folder / name).read_bytes(), name
+    assert {"sgd", "momentum/classical", "nesterov"} <= set(parsed.cells)
     for arm in ("sgd", "momentum/classical", "nesterov"):
         assert re.search(rf"^\| {re.escape(arm)} \| ", page, re.MULTILINE), arm
     comparison = pd.read_csv(folder / "comparison.csv")
@@ -48,13 +77,15 @@ def test_multirun_end_logs_report_and_sweep_metrics_to_the_parent(swept):
     parent = client.get_run(swept["parent"].info.run_id)
     assert parent.info.status == "FINISHED"
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
-    expected = {f"report/{name}" for name in [*report.PLOT_FILES, "index.md", "comparison.csv"]}
+    files = [*report.PLOT_FILES, "index.md", "index.html", "comparison.csv"]
+    expected = {f"report/{name}" for name in files}
     assert expected <= logged
     assert "summary.csv" in {a.path for a in client.list_artifacts(parent.info.run_id)}
     keys = set(parent.data.metrics)
     for name in report.PARENT_METRICS:
-        assert {f"sweep/{name}/{arm}" for arm in ARM_KEYS} <= keys
-    assert {"sweep/val/loss/sgd", "sweep/val/accuracy/momentum-classical"} <= keys
+        assert {f"{arm}/{name}/optimizers" for arm in ARM_KEYS} <= keys
+    assert {"sgd/val/loss/optimizers", "momentum-classical/val/accuracy/optimizers"} <= keys
+    assert len(keys) == len(ARM_KEYS) * len(report.PARENT_METRICS)
 
 
 @pytest.mark.slow
@@ -81,7 +112,7 @@ def test_sweep_metrics_are_each_arms_mean_over_seeds_at_its_best_lr(swept):
             ]
             for r in run_ids
         ]
-        logged = client.get_metric_history(parent_id, f"sweep/val/loss/{key}")
+        logged = client.get_metric_history(parent_id, f"{key}/val/loss/optimizers")
         logged = sorted((m.step, m.value) for m in logged)
         assert [s for s, _ in logged] == [0, 1, 2]
         np.testing.assert_allclose([v for _, v in logged], np.mean(curves, axis=0), rtol=1e-12)
@@ -98,7 +129,7 @@ def test_report_command_writes_the_default_folder_and_logs_it(swept, tmp_path):
     assert parent_id in page and "Student t" in page
     # The sweep metrics existed already: the command must not log them a second time.
     client = MlflowClient(tracking_uri=swept["uri"])
-    history = client.get_metric_history(parent_id, "sweep/val/loss/sgd")
+    history = client.get_metric_history(parent_id, "sgd/val/loss/optimizers")
     assert len(history) == 3
 
 
@@ -166,12 +197,13 @@ def test_a_failing_report_keeps_the_summary_and_closes_the_parent(
 
 
 def test_metric_keys_are_valid_mlflow_names():
-    assert report.parent_metric_key("val/loss", "momentum/ema+bc") == (
-        "sweep/val/loss/momentum-ema-bc"
+    assert report.parent_metric_key("val/loss", "momentum/ema+bc", "momentum_beta") == (
+        "momentum-ema-bc/val/loss/momentum_beta"
     )
     for arm in ("sgd trainer.batch_size=10", "x [30, 30] relu", "momentum/classical"):
-        key = report.parent_metric_key("val/accuracy", arm)
+        key = report.parent_metric_key("val/accuracy", arm, "my sweep/2")
         assert validate_param_and_metric_name(key) and key.count("/") == 3, key
+        assert key.endswith("/val/accuracy/my_sweep-2"), key
 
 
 def test_log_sweep_without_a_tracked_run_writes_no_report(tmp_path):
@@ -234,13 +266,13 @@ def test_write_report_without_validation_split_and_with_different_costs(tmp_path
     assert set(result.comparison["optimizer.lr"]) == {1.0}
     for name in report.PLOT_FILES:
         assert imread(tmp_path / name).ndim == 3
-    metrics = report.parent_metrics(result.curves, timestamp=1)
+    metrics = report.parent_metrics(result.curves, "costs", timestamp=1)
     keys = {m.key for m in metrics}
     assert keys == {
-        "sweep/train/loss/sgd_cost.name_quadratic",
-        "sweep/train/loss/sgd_cost.name_cross_entropy",
+        "sgd_cost.name_quadratic/train/loss/costs",
+        "sgd_cost.name_cross_entropy/train/loss/costs",
     }
-    quadratic = sorted((m.step, m.value) for m in metrics if m.key.endswith("quadratic"))
+    quadratic = sorted((m.step, m.value) for m in metrics if m.key.startswith("sgd_cost.name_q"))
     # Mean over seeds 0 and 1 at lr = 1.0: (0.5 + 0.51) / 2 (3 - step).
     np.testing.assert_allclose([v for _, v in quadratic], [0.505 * (3 - s) for s in range(3)])
 

@@ -17,7 +17,7 @@ from bpexp.app import build, compose
 from bpexp.errors import TrackingError
 from bpexp.tracking import RunLogger, connect, end_run
 from bpexp.trainer import EndRecord, EpochRecord, StepRecord
-from tests.conftest import start_mlflow_server
+from tests.conftest import AUTH_ADMIN, run_cli, start_mlflow_server
 
 LAYER_METRICS = [
     "grad_norm/W{l}",
@@ -328,3 +328,32 @@ def test_curvature_metrics_at_step_epoch_and_a_warning_tag_when_lanczos_stops_sh
     assert "warning.sharpness" not in converged.data.tags
     assert converged.data.metrics["sharpness_converged"] == 1.0
     assert converged.data.metrics["sharpness"] > 0
+
+
+@pytest.mark.slow
+def test_a_server_with_basic_auth_needs_credentials_before_training(tmp_path, monkeypatch):
+    # A real `mlflow server --app-name basic-auth` (the `auth` extra), driven as a user would.
+    url, proc = start_mlflow_server(tmp_path / "server", auth=True)
+    try:
+        args = ["trainer.epochs=1", "tracking.plots=false", f"tracking.uri={url}"]
+        for env in ({}, {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": "x"}):
+            refused = run_cli(args, tmp_path, **env)
+            assert refused.returncode == 2, refused.stderr[-2000:]
+            assert "asks for a user name and password" in refused.stderr
+            assert "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD" in refused.stderr
+            assert ("refused those given" in refused.stderr) == bool(env)
+            assert "epoch" not in refused.stdout and "Traceback" not in refused.stderr
+        user, password = AUTH_ADMIN
+        env = {"MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": password}
+        logged = run_cli(args, tmp_path, **env)
+        assert logged.returncode == 0, logged.stderr[-2000:]
+        assert "epoch 1/1" in logged.stdout
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        client = MlflowClient(tracking_uri=url)
+        (run,) = client.search_runs([client.get_experiment_by_name("bpexp").experiment_id])
+        assert run.data.tags["outcome"] == "completed"
+        assert len(client.get_metric_history(run.info.run_id, "val/loss")) == 2
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
