@@ -442,7 +442,7 @@ REAL_BATCH = 50
 
 
 def real_data(dtype: str):
-    from bpexp.data import SYSTEM_FOLDERS
+    from bpexp.datafiles import SYSTEM_FOLDERS
 
     if not (SYSTEM_FOLDERS["fashion_mnist"] / "train-images-idx3-ubyte.gz").is_file():
         return None

@@ -49,7 +49,7 @@ print(json.dumps({"before": before, "peak": peak, "train": n_train,
 
 
 def main() -> None:
-    from bpexp.data import SYSTEM_FOLDERS
+    from bpexp.datafiles import SYSTEM_FOLDERS
 
     has_fashion = (SYSTEM_FOLDERS["fashion_mnist"] / "train-images-idx3-ubyte.gz").is_file()
     print("bench_memory: peak resident memory of a run (2 epochs, tracking off)")

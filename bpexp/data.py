@@ -10,28 +10,12 @@ is dedicated to splitting, so that changing the initialisation or the mini-batch
 moves a sample between train, validation and test. Within each part, samples keep the order
 of the source.
 
-Downloads (MNIST, Fashion-MNIST only) go to a cache folder through a temporary file that is
-checked against its SHA-256 before it takes its final name, so the cache never holds a
-half-written or unverified file. Nothing is ever unpickled.
-
-An IDX file is decoded once: its array is kept in the cache as ``.npy``, named after the
-source's SHA-256 (computed on every load) beside a ``.sha256`` file holding the digest of the
-``.npy`` itself, and later loads memory-map it. A cached array whose digest does not match is
-decoded again. Fashion-MNIST then loads in well under a second instead of about 2.7.
+The files behind a data set (where they are found, downloaded, checked, decoded and cached)
+are :mod:`bpexp.datafiles`'s job; this module turns their arrays into data sets.
 """
 
 from __future__ import annotations
 
-import gzip
-import hashlib
-import http.client
-import math
-import os
-import struct
-import tempfile
-import urllib.request
-import zipfile
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +23,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from bpexp.datafiles import cache_folder, idx_files, load_idx, read_npz
 from bpexp.errors import ConfigError, bad_value
 from bpexp.rng import stream
 
@@ -46,53 +31,6 @@ DATASETS = ("digits", "mnist", "fashion_mnist", "pixels3x4", "moons", "file")
 DTYPES = ("float64", "float32")
 CLASSIFICATION = "classification"
 REGRESSION = "regression"
-
-# The four IDX files shared by MNIST and Fashion-MNIST: (images, labels) of train, then test.
-IDX_FILES = (
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-)
-MIRRORS = {
-    "mnist": "https://storage.googleapis.com/cvdf-datasets/mnist/",
-    "fashion_mnist": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
-}
-# SHA-256 of the published .gz files; load_dataset(sha256=...) overrides entries.
-SHA256: dict[str, dict[str, str]] = {
-    "mnist": {
-        "train-images-idx3-ubyte.gz": (
-            "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"
-        ),
-        "train-labels-idx1-ubyte.gz": (
-            "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c"
-        ),
-        "t10k-images-idx3-ubyte.gz": (
-            "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"
-        ),
-        "t10k-labels-idx1-ubyte.gz": (
-            "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"
-        ),
-    },
-    "fashion_mnist": {
-        "train-images-idx3-ubyte.gz": (
-            "08dc20ab1689590a0bcd66e874647b6ee8464e2d501b5a3f1f78831db19a3fdc"
-        ),
-        "train-labels-idx1-ubyte.gz": (
-            "b0197879cbda89f3dc7b894f9fd52b858e68ea4182b6947c9d8c2b67e5f18dcc"
-        ),
-        "t10k-images-idx3-ubyte.gz": (
-            "78dcbbfb5a27efaf1b6c1d616caca68560be8766c5bffcb2791df9273a534229"
-        ),
-        "t10k-labels-idx1-ubyte.gz": (
-            "42bd18137a62d5998cdeae52bf3a0676ac6b706f5cf8439b47bb5b151ae3dccf"
-        ),
-    },
-}
-DOWNLOAD_TIMEOUT_SECONDS = 60
-# Where Debian's packages put the IDX files (apt-get install dataset-fashion-mnist); looked in
-# after data.path and before the cache.
-SYSTEM_FOLDERS = {"fashion_mnist": Path("/usr/share/datasets/fashion-mnist")}
 
 # The 3x4-pixel "0 or 1" set: 4 rows of 3 pixels, flattened row-major (pixel = 3 * row + col).
 PIXELS3X4_ZERO = ("111", "101", "101", "111")
@@ -327,19 +265,20 @@ def _load_pixels3x4(request: _Request) -> _Source:
     return _Source(images, _one_hot(labels, 2), None, None, CLASSIFICATION)
 
 
-# --- MNIST and Fashion-MNIST: IDX files, local or downloaded -------------------------------
+# --- MNIST and Fashion-MNIST: 8-bit images from IDX files ---------------------------------
 
 
 def _load_idx_dataset(request: _Request) -> _Source:
     """MNIST or Fashion-MNIST: images ``(n, rows * cols)`` scaled to [0, 1], 10 classes.
 
-    Each of the four IDX files is looked for, plain or ``.gz``, in the folder ``path`` (if
-    given), then in Debian's folder (:data:`SYSTEM_FOLDERS`), then in the cache folder; a
-    missing one is downloaded into the cache. The images stay 8-bit (memory-mapped from the
-    cache) until :func:`load_dataset` scales each part into its float array.
+    The four IDX files come from :mod:`bpexp.datafiles` (``data.path``, Debian's folder, the
+    cache or a download). The images stay 8-bit (memory-mapped from the cache) until
+    :func:`load_dataset` scales each part into its float array.
     """
-    cache = _cache_folder(request)
-    files = [_find_or_download(stem, request, cache) for stem in IDX_FILES]
+    cache = cache_folder(request.name, request.cache_dir)
+    files = idx_files(
+        request.name, cache, path=request.path, url=request.url, sha256=request.sha256
+    )
     X_train, labels_train = _read_idx_pair(files[0], files[1], cache)
     X_test, labels_test = _read_idx_pair(files[2], files[3], cache)
     if X_train.shape[1] != X_test.shape[1]:
@@ -355,8 +294,8 @@ def _read_idx_pair(
     images_file: Path, labels_file: Path, cache: Path
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(n, rows * cols)`` uint8 images and ``(n,)`` labels in 0..9 from two IDX files."""
-    images = _decoded(images_file, 3, cache)
-    labels = _decoded(labels_file, 1, cache)
+    images = load_idx(images_file, 3, cache)
+    labels = load_idx(labels_file, 1, cache)
     if len(images) != len(labels):
         raise ConfigError(
             f"{labels_file}: {len(labels)} labels for the {len(images)} images of "
@@ -365,158 +304,6 @@ def _read_idx_pair(
     if labels.size and labels.max() > 9:
         raise ConfigError(f"{labels_file}: label {labels.max()} found; allowed: 0..9")
     return images.reshape(len(images), -1), labels
-
-
-def _read_idx(file: Path, ndim: int) -> np.ndarray:
-    """Parse an IDX file of unsigned bytes (plain or gzip): an array with the header's dims.
-
-    Layout: magic ``00 00 08 <ndim>``, then ``ndim`` big-endian uint32 sizes, then exactly
-    ``prod(sizes)`` bytes of data.
-    """
-    try:
-        with open(file, "rb") as raw:
-            is_gzip = raw.read(2) == b"\x1f\x8b"
-        with (gzip.open if is_gzip else open)(file, "rb") as content:
-            data = content.read()
-    except (OSError, EOFError, zlib.error) as error:
-        raise ConfigError(
-            f"{file}: cannot be read ({error}); allowed: an IDX file, plain or gzip-compressed"
-        ) from error
-    if len(data) < 4 or data[:3] != b"\x00\x00\x08" or data[3] != ndim:
-        raise ConfigError(
-            f"{file}: magic number {data[:4].hex() or 'missing'} is not allowed; allowed: "
-            f"{bytes([0, 0, 8, ndim]).hex()} (an IDX file of unsigned bytes with {ndim} dims)"
-        )
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise ConfigError(f"{file}: truncated IDX header ({len(data)} bytes, {header} needed)")
-    sizes = struct.unpack(f">{ndim}I", data[4:header])
-    expected = header + math.prod(sizes)
-    if len(data) != expected:
-        raise ConfigError(
-            f"{file}: truncated or corrupt IDX file: its header {sizes} promises {expected} "
-            f"bytes, the file has {len(data)}"
-        )
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(sizes)
-
-
-def _decoded(file: Path, ndim: int, cache: Path) -> np.ndarray:
-    """The array of IDX file ``file``: memory-mapped from the cache's verified ``.npy``, or
-    decoded with :func:`_read_idx` and written there for next time (atomically; a cache that
-    cannot be written is skipped)."""
-    source_digest = _sha256(file)
-    # 16 hex digits (64 bits) of the source's digest tell sources apart in one folder.
-    npy = cache / f"{file.name.removesuffix('.gz')}.{source_digest[:16]}.npy"
-    recorded = npy.with_name(f"{npy.name}.sha256")
-    try:
-        if npy.is_file() and recorded.read_text().strip() == _sha256(npy):
-            return np.load(npy, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError):
-        pass  # missing, unreadable or damaged: decode again below
-    array = _read_idx(file, ndim)
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-        _write_atomically(npy, lambda out: np.save(out, array, allow_pickle=False))
-        digest = _sha256(npy)
-        _write_atomically(recorded, lambda out: out.write(f"{digest}\n".encode()))
-    except OSError:
-        pass  # a read-only cache: every load decodes
-    return array
-
-
-def _sha256(file: Path) -> str:
-    digest = hashlib.sha256()
-    with open(file, "rb") as content:
-        while chunk := content.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _write_atomically(target: Path, write: Callable[[object], object]) -> None:
-    """``write(binary file)`` to a temporary file next to ``target``, then rename it."""
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            write(out)
-        os.replace(temporary, target)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-
-
-def _cache_folder(request: _Request) -> Path:
-    if request.cache_dir is not None:
-        return Path(request.cache_dir).expanduser()
-    return Path.home() / ".cache" / "bpexp" / request.name
-
-
-def _find_or_download(stem: str, request: _Request, cache: Path) -> Path:
-    """The path of IDX file ``stem`` (plain or ``.gz``), downloading the ``.gz`` if needed:
-    from ``data.path``, else Debian's folder, else the cache, else the mirror."""
-    folders = []
-    if request.path is not None:
-        folder = Path(request.path).expanduser()
-        if not folder.is_dir():
-            raise bad_value(
-                "data.path", request.path, f"a folder holding the IDX files of {request.name}"
-            )
-        folders.append(folder)
-    if request.name in SYSTEM_FOLDERS:
-        folders.append(SYSTEM_FOLDERS[request.name])
-    folders.append(cache)
-    for folder in folders:
-        for candidate in (folder / stem, folder / f"{stem}.gz"):
-            if candidate.is_file():
-                return candidate
-
-    file_name = f"{stem}.gz"
-    hashes = {**SHA256[request.name], **(request.sha256 or {})}
-    if file_name not in hashes:
-        raise ConfigError(f"{file_name}: no known sha256; allowed: sha256 entries for it")
-    base = request.url or MIRRORS[request.name]
-    url = base if base.endswith("/") else f"{base}/"
-    return _download(f"{url}{file_name}", cache / file_name, hashes[file_name])
-
-
-def _download(url: str, target: Path, sha256: str) -> Path:
-    """Fetch ``url`` to ``target`` only if its SHA-256 is ``sha256``; otherwise leave nothing.
-
-    The bytes go to a temporary file next to ``target``, which takes the final name with an
-    atomic ``os.replace`` once verified, so concurrent runs and interrupted downloads never
-    leave a partial file under the final name.
-    """
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(
-            prefix=f".{target.name}.", suffix=".part", dir=target.parent
-        )
-    except OSError as error:
-        raise ConfigError(f"{target.parent}: cannot write the download cache ({error})") from error
-    try:
-        digest = hashlib.sha256()
-        try:
-            with (
-                os.fdopen(handle, "wb") as out,
-                urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_SECONDS) as response,
-            ):
-                while chunk := response.read(1 << 20):
-                    digest.update(chunk)
-                    out.write(chunk)
-        except (OSError, ValueError, http.client.HTTPException) as error:
-            raise ConfigError(
-                f"{target.name}: download from {url} failed ({error}); allowed: a reachable "
-                "mirror in data.url, or the files placed in data.path"
-            ) from error
-        if digest.hexdigest() != sha256.lower():
-            raise ConfigError(
-                f"{target.name}: sha256 of the download from {url} is {digest.hexdigest()}, "
-                f"expected {sha256}; the file was not kept"
-            )
-        os.replace(temporary, target)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-    return target
 
 
 # --- the user's own arrays -----------------------------------------------------------------
@@ -538,7 +325,7 @@ def _load_file(request: _Request) -> _Source:
 
     if not Path(file).expanduser().is_file():
         raise problem("no such file; allowed: an existing .npz file with arrays X and y")
-    arrays = _read_npz(Path(file).expanduser(), problem)
+    arrays = read_npz(Path(file).expanduser(), problem)
 
     for key in ("X", "y"):
         if key not in arrays:
@@ -587,26 +374,6 @@ def _load_file(request: _Request) -> _Source:
             )
         task = REGRESSION
     return _Source(X, Y, X_test if has_test else None, Y_test, task)
-
-
-def _read_npz(file: Path, problem: Callable[[str], ConfigError]) -> dict[str, np.ndarray]:
-    """The arrays of an ``.npz`` archive, read without unpickling."""
-    allowed = "allowed: an .npz archive of numeric arrays, as written by numpy.savez"
-    try:
-        with open(file, "rb") as raw:
-            magic = raw.read(6)
-    except OSError as error:
-        raise problem(f"cannot be read ({error})") from error
-    if magic == b"\x93NUMPY":
-        raise problem(f"is a single .npy array; {allowed}, with arrays X and y")
-    if not magic.startswith(b"PK"):
-        raise problem(f"is not an .npz archive (no zip header); {allowed}")
-    try:
-        with np.load(file, allow_pickle=False) as archive:
-            return {key: archive[key] for key in archive.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
-        # Object arrays land here too: bpexp never unpickles.
-        raise problem(f"is not a readable .npz archive ({error}); {allowed}") from error
 
 
 def _check_pair(

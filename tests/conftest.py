@@ -1,7 +1,10 @@
-"""Shared helpers: a real `python -m bpexp` subprocess and a real SQLite MLflow store."""
+"""Shared helpers: a real `python -m bpexp` subprocess, a real SQLite MLflow store, and IDX files
+with known bytes for the MNIST data sets."""
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import os
 import socket
 import subprocess
@@ -10,7 +13,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from bpexp.datafiles import IDX_FILES, SYSTEM_FOLDERS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -148,3 +154,46 @@ def start_mlflow_server(folder: Path, auth: bool = False) -> tuple[str, subproce
             time.sleep(0.5)
     proc.kill()
     raise RuntimeError("mlflow server did not start in 90 s")
+
+
+# --- IDX files for the MNIST data sets (tests/test_data.py, tests/test_datafiles.py) ----------
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """An IDX file of unsigned bytes: magic 00 00 08 ndim, big-endian sizes, data."""
+    header = bytes([0, 0, 8, array.ndim])
+    sizes = b"".join(int(size).to_bytes(4, "big") for size in array.shape)
+    return header + sizes + array.astype(np.uint8).tobytes()
+
+
+# 20 training and 5 test images of 28x28 with known bytes, labels cycling through 0..9.
+RNG = np.random.default_rng(1234)
+TRAIN_IMAGES = RNG.integers(0, 256, size=(20, 28, 28), dtype=np.uint8)
+TRAIN_LABELS = np.arange(20, dtype=np.uint8) % 10
+TEST_IMAGES = RNG.integers(0, 256, size=(5, 28, 28), dtype=np.uint8)
+TEST_LABELS = np.array([3, 1, 4, 1, 5], dtype=np.uint8)
+IDX_ARRAYS = dict(
+    zip(IDX_FILES, (TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS), strict=True)
+)
+
+
+def write_idx_files(folder: Path, compress: bool) -> dict[str, str]:
+    """Write the four IDX files into ``folder``; return file name -> sha256."""
+    folder.mkdir(parents=True, exist_ok=True)
+    hashes = {}
+    for stem, array in IDX_ARRAYS.items():
+        data = idx_bytes(array)
+        name = stem
+        if compress:
+            data = gzip.compress(data, mtime=0)
+            name = f"{stem}.gz"
+        (folder / name).write_bytes(data)
+        hashes[name] = hashlib.sha256(data).hexdigest()
+    return hashes
+
+
+FASHION_FOLDER = SYSTEM_FOLDERS["fashion_mnist"]
+needs_fashion = pytest.mark.skipif(
+    not all((FASHION_FOLDER / f"{stem}.gz").is_file() for stem in IDX_FILES),
+    reason=f"no Fashion-MNIST in {FASHION_FOLDER} (apt-get install dataset-fashion-mnist)",
+)

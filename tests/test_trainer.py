@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from bpexp.cost import get_cost
-from bpexp.data import SYSTEM_FOLDERS, load_dataset
+from bpexp.data import load_dataset
+from bpexp.datafiles import SYSTEM_FOLDERS
 from bpexp.network import Network, initialize
 from bpexp.optimizer import Optimizer
 from bpexp.rng import stream
