@@ -3,6 +3,7 @@ the download and its checksums."""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import threading
 from functools import partial
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 
 from bpexp.data import load_dataset
-from bpexp.datafiles import IDX_FILES, SHA256, SYSTEM_FOLDERS
+from bpexp.datafiles import IDX_FILES, SHA256, SYSTEM_FOLDERS, load_idx, read_idx
 from bpexp.errors import ConfigError
 from tests.conftest import (
     TEST_IMAGES,
@@ -46,6 +47,34 @@ def mirror(tmp_path):
     server.shutdown()
     server.server_close()
     thread.join(timeout=5)
+
+
+# --- the IDX format and the cache, called directly --------------------------------------
+
+
+def test_read_idx_decodes_a_hand_written_file_plain_or_gzip(tmp_path):
+    # Magic 00 00 08 02 (unsigned bytes, 2 dims), sizes 2 and 3 big-endian, then 6 bytes.
+    content = b"\x00\x00\x08\x02\x00\x00\x00\x02\x00\x00\x00\x03\x00\x01\x02\xfd\xfe\xff"
+    plain, packed = tmp_path / "plain", tmp_path / "packed.gz"
+    plain.write_bytes(content)
+    packed.write_bytes(gzip.compress(content))
+    for file in (plain, packed):
+        array = read_idx(file, 2)
+        assert array.dtype == np.uint8
+        np.testing.assert_array_equal(array, [[0, 1, 2], [253, 254, 255]])
+    with pytest.raises(ConfigError, match="allowed: 00000801"):
+        read_idx(plain, 1)
+
+
+def test_load_idx_without_a_writable_cache_decodes_every_time(tmp_path):
+    file = tmp_path / "labels"
+    file.write_bytes(idx_bytes(np.array([7, 0, 9], dtype=np.uint8)))
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    cache = blocked / "cache"  # cannot be made: its parent is a file (this stops root too)
+    for _ in range(2):
+        np.testing.assert_array_equal(load_idx(file, 1, cache), [7, 0, 9])
+    assert not cache.exists()
 
 
 # --- downloads, the cache of decoded arrays, IDX files refused ------------------------------
