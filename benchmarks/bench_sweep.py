@@ -88,10 +88,10 @@ def bench_tracking(rounds: int, epochs: int = 15) -> list[tuple[str, float, str,
             bpexp.run(["tracking.enabled=false", *base])
             off.append(time.perf_counter() - t)
             t = time.perf_counter()
-            bpexp.run([f"tracking.uri={uri}", *base, "+force=true"])
+            bpexp.run([f"tracking.uri={uri}", *base, "force=true"])
             on.append(time.perf_counter() - t)
             t = time.perf_counter()
-            bpexp.run([f"tracking.uri={uri}", *base, "+force=true", "tracking.plots=false"])
+            bpexp.run([f"tracking.uri={uri}", *base, "force=true", "tracking.plots=false"])
             off_plots.append(time.perf_counter() - t)
     t_on, t_off, t_np = (statistics.median(x) for x in (on, off, off_plots))
     run = f"digits {epochs} epochs"

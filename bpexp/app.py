@@ -10,7 +10,6 @@ from __future__ import annotations
 import sys
 import tempfile
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,51 +179,9 @@ def execute(
     n_train = exp.data.X_train.shape[0]
     steps_per_epoch = -(-n_train // (exp.trainer.batch_size or n_train))
     tracking = TrackingConfig(**OmegaConf.to_container(cfg.tracking, resolve=True))
-    logger = None
-    if tracking.enabled:
-        from bpexp import tracking as tr  # MLflow is imported only when tracking is on
-
-        uri = tr.tracking_uri(tracking.uri)
-        client = tr.connect(uri, tracking.timeout_seconds)
-        experiment_id = tr.ensure_experiment(client, tracking.experiment)
-        parent_run_id = parent(client, experiment_id) if parent else None
-        digest = tr.config_hash(flat)
-        done = None if cfg.get("force", False) else tr.finished_run(client, experiment_id, digest)
-        if done is not None:
-            if echo:
-                print(
-                    f"skipped: run {done.info.run_id} already has this exact config "
-                    f"({done.data.tags['outcome']}); add +force=true to run it again",
-                    flush=True,
-                )
-            return Result(
-                done.data.tags["outcome"],
-                done.data.metrics,
-                pd.DataFrame(),
-                {},
-                run_id=done.info.run_id,
-                skipped=True,
-                steps_per_epoch=steps_per_epoch,
-            )
-        params = {**flat, "network.sizes": list(exp.net.sizes), "data.n_train": n_train}
-        tags = {
-            "optimizer": cfg.optimizer.name,
-            "sweep": sweep_name or "",
-            "bpexp.config_hash": digest,
-            "outcome": "running",
-            **(tags or {}),
-        }
-        logger = tr.start_run(client, experiment_id, run_name(cfg), params, tags, parent_run_id)
-        if echo:
-            print(
-                f"tracking: run {logger.run_id} in experiment {tracking.experiment!r} at {uri}",
-                flush=True,
-            )
-
     listeners = [*(listeners or []), *([Printer(exp.trainer.epochs)] if echo else [])]
-    if logger is not None:
-        listeners.append(logger)
-    try:
+
+    def train_it(extra: list[Listener]) -> tuple[Result, dict[str, str]]:
         result = train(
             exp.net,
             exp.optimizer,
@@ -232,9 +189,13 @@ def execute(
             exp.data,
             exp.trainer,
             cfg.seed,
-            _fan_out(listeners),
+            _fan_out([*listeners, *extra]),
             tracking.log_every_n_steps,
         )
+        warnings = run_warnings(result, exp.trainer)
+        if echo:
+            for key, text in warnings.items():
+                print(f"{key}: {text}", file=sys.stderr, flush=True)
         out = Result(
             result.outcome,
             result.final_metrics,
@@ -242,27 +203,57 @@ def execute(
             weights(exp.net),
             steps_per_epoch=steps_per_epoch,
         )
-        warnings = run_warnings(result, exp.trainer)
+        return out, warnings
+
+    if not tracking.enabled:
+        return train_it([])[0]
+
+    from bpexp import tracking as tr  # MLflow is imported only when tracking is on
+
+    uri = tr.tracking_uri(tracking.uri)
+    client = tr.connect(uri, tracking.timeout_seconds)
+    experiment_id = tr.ensure_experiment(client, tracking.experiment)
+    parent_run_id = parent(client, experiment_id) if parent else None
+    digest = tr.config_hash(flat)
+    done = None if cfg.force else tr.finished_run(client, experiment_id, digest)
+    if done is not None:
         if echo:
-            for key, text in warnings.items():
-                print(f"{key}: {text}", file=sys.stderr, flush=True)
-        if logger is not None:
-            out.run_id = logger.run_id
-            _log_run_artifacts(logger, cfg, exp, tracking.plots)
-            tr.end_run(logger, result.outcome, warnings)
-    except KeyboardInterrupt as exc:
-        if logger is not None:
-            exc.run_id = logger.run_id  # for the sweep's summary row of this job
-            _close_quietly(logger, "interrupted")
-        raise
-    except Exception:
-        if logger is not None:
-            _close_quietly(logger, "failed", traceback.format_exc())
-        raise
-    if logger is not None and echo:
+            print(
+                f"skipped: run {done.info.run_id} already has this exact config "
+                f"({done.data.tags['outcome']}); add force=true to run it again",
+                flush=True,
+            )
+        return Result(
+            done.data.tags["outcome"],
+            done.data.metrics,
+            pd.DataFrame(),
+            {},
+            run_id=done.info.run_id,
+            skipped=True,
+            steps_per_epoch=steps_per_epoch,
+        )
+    params = {**flat, "network.sizes": list(exp.net.sizes), "data.n_train": n_train}
+    tags = {
+        "optimizer": cfg.optimizer.name,
+        "sweep": sweep_name or "",
+        "bpexp.config_hash": digest,
+        "outcome": "running",
+        **(tags or {}),
+    }
+    with tr.tracked_run(client, experiment_id, run_name(cfg), params, tags, parent_run_id) as log:
+        if echo:
+            print(
+                f"tracking: run {log.run_id} in experiment {tracking.experiment!r} at {uri}",
+                flush=True,
+            )
+        out, warnings = train_it([log])
+        out.run_id = log.run_id
+        _log_run_artifacts(log, cfg, exp, tracking.plots)
+        log.outcome, log.end_tags = out.outcome, warnings
+    if echo:
         print(
-            f"logged: run {logger.run_id} ({run_name(cfg)}), {logger.points_logged} "
-            f"metric points, at {uri}; browse with: mlflow ui --backend-store-uri {uri}",
+            f"logged: run {log.run_id} ({run_name(cfg)}), {log.points_logged} metric points, "
+            f"at {uri}; browse with: mlflow ui --backend-store-uri {uri}",
             flush=True,
         )
     return out
@@ -282,40 +273,6 @@ def run_warnings(result: TrainResult, trainer: TrainerConfig) -> dict[str, str]:
     }
 
 
-def _close_quietly(logger, outcome: str, trace: str | None = None) -> None:
-    """Close a run after an error without hiding that error under a second one.
-
-    The reason (the traceback's last line) goes in the ``bpexp.error`` tag, so that a run whose
-    artifacts cannot be written (disk full, permission denied) still says why it FAILED.
-    """
-    from bpexp import tracking as tr
-
-    tags = {}
-    if trace is not None:
-        tags["bpexp.error"] = trace.strip().splitlines()[-1][:5000]  # MLflow's limit: 8000
-        try:
-            _log_files(logger, {"traceback.txt": trace.encode()})
-        except Exception as exc:  # the artifact store may be what failed
-            print(f"warning: run {logger.run_id}: no traceback.txt: {exc}", file=sys.stderr)
-    try:
-        tr.end_run(logger, outcome, tags)
-    except Exception as exc:  # the store itself may be what failed
-        print(f"warning: could not close run {logger.run_id} as {outcome}: {exc}", file=sys.stderr)
-
-
-def _log_files(logger, files: dict[str, bytes | Path]) -> None:
-    """Write ``{artifact path: content}`` into a temporary tree and log it in one call."""
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, content in files.items():
-            target = Path(tmp) / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if isinstance(content, bytes):
-                target.write_bytes(content)
-            else:
-                target.write_bytes(Path(content).read_bytes())
-        logger.client.log_artifacts(logger.run_id, tmp)
-
-
 def _log_run_artifacts(logger, cfg: DictConfig, exp: Experiment, plots: bool) -> None:
     """config.yaml, weights/initial.npz, weights/final.npz, history.parquet and the plots."""
     history = pd.DataFrame(logger.rows, columns=["metric", "step", "value"])
@@ -330,7 +287,6 @@ def _log_run_artifacts(logger, cfg: DictConfig, exp: Experiment, plots: bool) ->
         if plots:
             from bpexp.plots import save_run_plots
 
-            # The same PNGs as RUN_PLOTS on new Axes, drawn into figures kept between runs.
             save_run_plots(history, tmp_path / "plots", dpi=80)
         logger.client.log_artifacts(logger.run_id, tmp)
 

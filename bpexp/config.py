@@ -72,7 +72,7 @@ class TrackingConfig:
     uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the cwd
     experiment: str = "bpexp"
     log_every_n_steps: int | None = None  # None: automatic, at most ~200 points per run
-    plots: bool = True
+    plots: bool = False  # per-run PNGs, opt-in: MLflow's charts show the same curves
     timeout_seconds: float = 10.0
 
 
@@ -85,6 +85,7 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     seed: int = 0
+    force: bool = False  # true: rerun a job whose exact config already has a final run
 
 
 def register() -> None:

@@ -18,7 +18,6 @@ draws on its own Agg canvas, so importing this module leaves a notebook's backen
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import matplotlib
@@ -160,68 +159,19 @@ RUN_PLOTS = {"loss.png": loss_curves, "grad_norm.png": grad_norms, "saturation.p
 
 # ------------------------------------------------------------------- the plots every run logs
 
-# Half of a fresh figure's drawing time is building it: Axes, ticks (each a few Line2D and
-# Text artists), colour bar, and text metrics and mathtext for a new renderer. A run's three
-# plots differ from the previous run's only in their data, so one figure per plot is kept for
-# the process (with its own canvas, hence renderer and caches) and its lines or image get the
-# new run's data; a figure whose series differ (another number of layers, a metric missing)
-# is drawn afresh by its RUN_PLOTS function. The PNG is the same as the RUN_PLOTS function's
-# on a new Axes (tests/test_plots.py compares the pixels).
-_KEPT: dict[tuple[str, float], Figure] = {}
-_KEPT_LOCK = threading.Lock()
-
-
-def _update_lines(ax: Axes, series: list[tuple[str, np.ndarray, np.ndarray]]) -> bool:
-    lines = ax.get_lines()
-    if [line.get_label() for line in lines] != [label for label, _, _ in series]:
-        return False
-    for line, (_, steps, values) in zip(lines, series, strict=True):
-        line.set_data(steps, values)
-    ax.relim()
-    ax.autoscale_view()
-    return True
-
-
-def _update(name: str, fig: Figure, history: pd.DataFrame) -> bool:
-    """Put ``history`` into a kept figure in place; False if its artists do not fit."""
-    (ax, *_) = fig.axes
-    if name == "loss.png":
-        return _update_lines(ax, _loss_series(history))
-    if name == "grad_norm.png":
-        return _update_lines(ax, _grad_norm_series(history))
-    if name == "saturation.png":
-        table = _saturation_table(history)
-        images = ax.get_images()
-        if table is None or len(images) != 1:
-            return False
-        images[0].set_data(table.to_numpy())
-        images[0].set_extent(_extent(table))
-        ax.relim()
-        ax.autoscale_view()
-        ax.set_yticks(list(table.index))
-        return True
-    return False
-
 
 def save_run_plots(history: pd.DataFrame, folder: str | Path, dpi: float = 80) -> list[Path]:
     """Write ``RUN_PLOTS`` of one run's ``history`` as PNGs named by their keys into ``folder``.
 
-    Same images as ``plot(history, new_axes(layout=None)).savefig(path, dpi=dpi)`` for each
-    plot, in about half the time from a process's second run on (the figures are kept).
+    Drawn only with ``tracking.plots=true``: MLflow's own charts show the same curves.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    with _KEPT_LOCK:
-        for name, plot in RUN_PLOTS.items():
-            fig = _KEPT.get((name, dpi))
-            if fig is None or not _update(name, fig, history):
-                fig = plot(history, new_axes(layout=None, dpi=dpi))
-                _KEPT[(name, dpi)] = fig
-            path = folder / name
-            # zlib level 1: ~1 ms less an image than the default 6, files ~15% larger.
-            fig.savefig(path, dpi=dpi, pil_kwargs={"compress_level": 1})
-            paths.append(path)
+    for name, plot in RUN_PLOTS.items():
+        path = folder / name
+        plot(history, new_axes(layout=None, dpi=dpi)).savefig(path, dpi=dpi)
+        paths.append(path)
     return paths
 
 

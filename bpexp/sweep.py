@@ -1,23 +1,22 @@
 """Multiruns: one MLflow parent run per sweep, a result file per job, and the summary table.
 
 Hydra runs :class:`SweepCallback.on_multirun_start` in the launching process before any job:
-it creates the store, the experiment and the parent run once (several jobs creating a fresh
-SQLite store at once would corrupt it) and hands the sweep folder and the parent run id to the
-jobs through environment variables, which joblib's and submitit's workers inherit.
+it creates the store and the experiment once (several jobs creating a fresh SQLite store at
+once would race), and keeps the sweep folder and the store's URI for :func:`finish`. A job, in
+whatever process its launcher runs it, reads what it needs from Hydra's own config of the job
+(``HydraConfig``: the sweep folder, the sweep's name, the protocol); the parent run is created
+by the first valid job and its id kept in ``<sweep folder>/parent_run_id``.
 
 A job never raises out of a multirun (Hydra would skip ``on_multirun_end``); it writes
 ``results/<job>.json`` into the sweep folder instead. :func:`finish` reads them all, prints and
 saves ``summary.csv`` and closes the parent run. ``python -m bpexp`` calls it when Hydra returns
 or raises, so the summary is written also when jobs failed or the sweep was interrupted.
 
-Fixed costs of a job, paid by both launchers unless said (54-job ``optimizers`` sweep, 2 cores,
-see ``benchmarks/bench_sweep.py``): Hydra composes every job's config twice, once in the
-launching process before any job starts (the sweeper's ``validate_batch_is_legal``, ~57 ms a
-job, serial) and once for the job itself; with ``hydra/launcher=joblib`` each job also pickles
-Hydra's state and re-scans Hydra's plugins (~10 ms). What is ours to cut is cut here: the
-joblib workers are forked from a server that imports a job's modules while the launching
-process composes (:func:`_start_joblib_workers`), and the heap of the launching process and of
-each worker is frozen once its modules are in (:func:`_freeze_heap`).
+Fixed costs of a job: Hydra composes every job's config twice, once in the launching process
+before any job starts (the sweeper's ``validate_batch_is_legal``, ~57 ms a job, serial) and
+once for the job itself. One saving is kept because it pays in the main job's wall time
+(measured in ``benchmarks/bench_main_job.py``'s note): the heap is frozen once a process has
+its modules in (:func:`_freeze_heap`).
 """
 
 from __future__ import annotations
@@ -41,11 +40,7 @@ from omegaconf import DictConfig
 
 from bpexp.errors import ConfigError, TrackingError
 
-SWEEP_DIR_ENV = "BPEXP_SWEEP_DIR"
-SWEEP_START_ENV = "BPEXP_SWEEP_START"
 PARENT_FILE = "parent_run_id"
-SWEEP_NAME_ENV = "BPEXP_SWEEP_NAME"
-TRACKING_URI_ENV = "BPEXP_SWEEP_TRACKING_URI"
 FINAL_METRICS = [
     "train/loss",
     "train/accuracy",
@@ -64,11 +59,12 @@ SUMMARY_COLUMNS = [
     "run_id",
     "error",
 ]
-JOBLIB_LAUNCHER = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
-BLAS_THREADS_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 # Once-per-process work of multirun jobs, done by the first job.
 _process = {"blas_limited": False, "frozen_after_job": False}
+# The multirun this process launched: its folder and its store's URI (None untracked), for
+# finish() and for stop_jobs(); empty when this process launched none.
+_launched: dict[str, object] = {}
 
 # Ctrl-C and SIGTERM in a sweep (see stop_jobs and _on_job_signal). `launching`: this process
 # started the multirun; `jobs_elsewhere`: its launcher runs jobs in other processes (joblib,
@@ -87,9 +83,8 @@ class SweepCallback(Callback):
         sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
         sweep_dir.mkdir(parents=True, exist_ok=True)
         name = sweep_name(dict(config.hydra.runtime.choices))
-        os.environ[SWEEP_DIR_ENV] = str(sweep_dir)
-        os.environ[SWEEP_NAME_ENV] = name
-        os.environ[SWEEP_START_ENV] = datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+        _launched.clear()
+        _launched.update(dir=sweep_dir, uri=None)
         print(f"sweep {name!r}: outputs in {sweep_dir}", flush=True)
         launcher = str((config.hydra.get("launcher") or {}).get("_target_", ""))
         _stop["launching"] = True
@@ -101,8 +96,6 @@ class SweepCallback(Callback):
         # this sweep's parent run is stale (tracking.close_stale_runs).
         _stop["running_lock"] = open(sweep_dir / ".running", "w")  # tracking.RUNNING_LOCK
         fcntl.flock(_stop["running_lock"], fcntl.LOCK_EX)
-        # After the environment above is set: the workers inherit it when they start.
-        _start_joblib_workers(config)
         if config.tracking.enabled:
             from bpexp import tracking as tr
 
@@ -112,7 +105,7 @@ class SweepCallback(Callback):
             uri = tr.tracking_uri(config.tracking.uri)
             client = tr.connect(uri, config.tracking.timeout_seconds)
             experiment_id = tr.ensure_experiment(client, config.tracking.experiment)
-            os.environ[TRACKING_URI_ENV] = uri
+            _launched["uri"] = uri
             # Runs left RUNNING by a process that died hard (kill -9, second Ctrl-C): resuming
             # a sweep closes them as interrupted first, so that they do not look alive.
             stale = tr.close_stale_runs(client, experiment_id)
@@ -125,8 +118,9 @@ class SweepCallback(Callback):
 def ensure_parent(client, experiment_id: str) -> str:
     """The sweep's parent run id, created once for all jobs (a file lock in the sweep folder
     serialises parallel jobs; the id is kept in ``<sweep_dir>/parent_run_id``)."""
-    sweep_dir = Path(os.environ[SWEEP_DIR_ENV])
-    name = os.environ.get(SWEEP_NAME_ENV, "multirun")
+    sweep_dir = job_sweep_dir()
+    name = sweep_name(dict(HydraConfig.get().runtime.choices))
+    started = datetime.now().strftime("%Y-%m-%d %H:%M:%S")
     with open(sweep_dir / ".parent.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         id_file = sweep_dir / PARENT_FILE
@@ -134,7 +128,7 @@ def ensure_parent(client, experiment_id: str) -> str:
             return id_file.read_text().strip()
         run = client.create_run(
             experiment_id,
-            run_name=f"{name} {os.environ.get(SWEEP_START_ENV, '')}".strip(),
+            run_name=f"{name} {started}",
             tags={
                 "sweep": name,
                 "bpexp.kind": "sweep",
@@ -145,79 +139,6 @@ def ensure_parent(client, experiment_id: str) -> str:
         id_file.write_text(run.info.run_id)
         print(f"sweep {name!r}: parent run {run.info.run_id}", flush=True)
         return run.info.run_id
-
-
-def _job_modules(config: DictConfig) -> list[str]:
-    """The modules a job of ``config`` imports: NumPy, pandas and the core (~0.6 s),
-    scikit-learn's data sets (~0.4 s, for digits and moons), MLflow (~0.6 s) and its SQL store
-    (~0.5 s, for a database URI), matplotlib for the run plots (~0.3 s)."""
-    modules = ["bpexp.sweep", "hydra_plugins.hydra_joblib_launcher._core", "bpexp.app"]
-    if config.data.name in ("digits", "moons"):
-        modules.append("sklearn.datasets")  # bpexp.data imports it on first use
-    if config.tracking.enabled:
-        modules += ["bpexp.tracking", "pyarrow.parquet"]
-        uri = config.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:"
-        if not uri.startswith(("http://", "https://")):
-            modules.append("mlflow.store.tracking.sqlalchemy_store")
-        if config.tracking.plots:
-            modules.append("bpexp.plots")
-    return modules
-
-
-def _start_joblib_workers(config: DictConfig) -> None:
-    """Have the joblib launcher fork its workers from a server that imported a job's modules.
-
-    The joblib plugin always uses loky, whose default start method runs a fresh interpreter
-    per worker: ~0.3 s to start and ~1-2 s to import what a job needs, before the first job of
-    each worker. With loky's ``forkserver`` start method the workers are forked from one
-    server process instead, started here with those modules preloaded. It imports them while
-    Hydra's sweeper composes every job's config in this process (~57 ms a job, serially,
-    before the launcher is called), on the other core, so the workers start ready at once.
-
-    The workers see the environment of this process as it is now (the server keeps it), with
-    one BLAS thread (as :func:`_limit_blas_threads` sets anyway), so that the server's NumPy
-    starts no BLAS thread pool to fork. Where ``forkserver`` does not exist (Windows), or when
-    the command is a script rather than ``python -m bpexp``, nothing changes.
-    """
-    launcher = config.hydra.get("launcher") or {}
-    if launcher.get("_target_") != JOBLIB_LAUNCHER:
-        return
-    import multiprocessing
-    from multiprocessing import forkserver
-
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return
-    # A worker forked from the server re-runs the main module unless it is a package's
-    # __main__ (python -m bpexp): a script calling bpexp's main() would start a sweep per worker.
-    main_spec = getattr(sys.modules.get("__main__"), "__spec__", None)
-    if not getattr(main_spec, "name", "").endswith(".__main__"):
-        return
-    try:
-        from joblib.externals.loky.backend import context
-
-        context.set_start_method("forkserver", force=True)
-        multiprocessing.set_forkserver_preload(_job_modules(config))
-        saved = {k: os.environ.get(k) for k in BLAS_THREADS_ENV}
-        os.environ.update(dict.fromkeys(BLAS_THREADS_ENV, "1"))
-        # The server ignores SIGINT by itself; SIGTERM ignored too (the disposition goes
-        # through exec), since loky takes the server's end for the end of every worker forked
-        # from it (exit code 255), and a SIGTERM to the process group reaches the server too.
-        # Workers keep ignoring it until their first job handles it (_on_job_signal).
-        sigterm = signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        try:
-            forkserver.ensure_running()
-        finally:
-            signal.signal(signal.SIGTERM, sigterm)
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key)
-                else:
-                    os.environ[key] = value
-    except Exception as exc:  # only the head start is lost: loky starts its workers as usual
-        print(
-            f"warning: joblib workers not started early: {type(exc).__name__}: {exc}",
-            file=sys.stderr,
-        )
 
 
 def _limit_blas_threads() -> None:
@@ -263,9 +184,8 @@ def stop_jobs(signum: int) -> bool:
     _stop["stopping"] = signum
     if not (_stop["launching"] and _stop["jobs_elsewhere"]) or _stop["in_job"]:
         return False
-    sweep_dir = os.environ.get(SWEEP_DIR_ENV)
-    if sweep_dir:
-        Path(sweep_dir, STOP_FILE).touch()
+    if "dir" in _launched:
+        Path(_launched["dir"], STOP_FILE).touch()
     # SIGTERM for both: submitit's local controller passes SIGTERM on to its tasks (on SIGINT it
     # kills them after 1 s); a job process treats both alike.
     _signal_descendants(signal.SIGTERM)
@@ -354,8 +274,7 @@ def run_job(cfg: DictConfig) -> dict:
     """One job of a multirun: run it, record its result file, never raise (but on Ctrl-C in
     the launching process)."""
     _handle_signals_in_job_process()
-    sweep_dir = os.environ.get(SWEEP_DIR_ENV)
-    if _stop["stopping"] or (sweep_dir and Path(sweep_dir, STOP_FILE).exists()):
+    if _stop["stopping"] or (job_sweep_dir() / STOP_FILE).exists():
         return {}  # the sweep is stopping: this job does not start
     _stop["in_job"] = True
     try:
@@ -368,14 +287,18 @@ def run_job(cfg: DictConfig) -> dict:
     return row
 
 
+def job_sweep_dir() -> Path:
+    """The folder of the multirun the current job belongs to (from Hydra's config of the job,
+    in any process: the launching one, a joblib worker, a submitit task)."""
+    return Path(str(HydraConfig.get().sweep.dir)).resolve()
+
+
 def _run_job(cfg: DictConfig) -> dict:
-    preloaded = "bpexp.app" in sys.modules
     from bpexp.app import execute
 
     hydra_cfg = HydraConfig.get()
     _limit_blas_threads()
-    sweep_dir = Path(os.environ.get(SWEEP_DIR_ENV, str(hydra_cfg.sweep.dir)))
-    os.environ.setdefault(SWEEP_DIR_ENV, str(sweep_dir))
+    sweep_dir = job_sweep_dir()
     job = int(hydra_cfg.job.num)
     (sweep_dir / "results").mkdir(parents=True, exist_ok=True)
     row: dict = {"job": job, "overrides": " ".join(hydra_cfg.overrides.task)}
@@ -385,14 +308,12 @@ def _run_job(cfg: DictConfig) -> dict:
         # The stage follows from the seed: confirm seeds are never tuning seeds.
         row["stage"] = "confirm" if cfg.seed in protocol.confirm_seeds else "tune"
         tags["bpexp.stage"] = row["stage"]
-    # Not in summary.csv: which process ran the job, and whether it had bpexp.app imported
-    # before the job (a joblib worker forked from the preloaded server, or a later job).
-    row["process"] = {"pid": os.getpid(), "preloaded": preloaded}
+    row["process"] = os.getpid()  # not in summary.csv: which process ran the job
     try:
         result = execute(
             cfg,
             echo=True,
-            sweep_name=os.environ.get(SWEEP_NAME_ENV),
+            sweep_name=sweep_name(dict(hydra_cfg.runtime.choices)),
             parent=ensure_parent,
             tags=tags,
         )
@@ -459,13 +380,10 @@ def finish(stopped: str | None = None) -> int:
     ``stopped`` is ``"interrupted"`` (Ctrl-C, SIGTERM) or ``"aborted"`` (Hydra raised) when the
     multirun did not end normally. Does nothing (returns 0) when no multirun was started here.
     """
-    sweep_dir = os.environ.pop(SWEEP_DIR_ENV, None)
-    if sweep_dir is None:
+    if "dir" not in _launched:
         return 0
-    sweep_dir = Path(sweep_dir)
-    uri = os.environ.pop(TRACKING_URI_ENV, None)
-    for key in (SWEEP_NAME_ENV, SWEEP_START_ENV):
-        os.environ.pop(key, None)
+    sweep_dir, uri = Path(_launched["dir"]), _launched["uri"]
+    _launched.clear()
     if stopped == "aborted" and not (sweep_dir / "results").exists():
         return 1  # stopped before any job (bad input, reported already): nothing to sum up
     (sweep_dir / "results").mkdir(parents=True, exist_ok=True)

@@ -24,11 +24,14 @@ import platform
 import socket
 import sqlite3
 import subprocess
+import sys
+import tempfile
 import time
+import traceback
 import urllib.error
 import urllib.request
-import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -57,22 +60,12 @@ def tracking_uri(uri: str | None) -> str:
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
 
 
-# SQLite stores already checked in this process: MLflow keeps one store (engine, schema
-# checked) per URI for the process, so asking again only costs a query (~2 ms) per run.
-_CHECKED_SQLITE: dict[str, MlflowClient] = {}
-
-
 def connect(uri: str, timeout: float = 10.0) -> MlflowClient:
     """A client for ``uri``, checked to answer within ``timeout`` seconds.
 
     An HTTP server is probed at ``/health`` first, so a server that is down or a wrong address
-    fails here with a clear message instead of hanging in the client's retries. A SQLite store
-    is checked once per process; later calls return the same client while its file exists.
+    fails here with a clear message instead of hanging in the client's retries.
     """
-    if uri.startswith("sqlite:///"):
-        client = _CHECKED_SQLITE.get(uri)
-        if client is not None and Path(uri.removeprefix("sqlite:///")).expanduser().is_file():
-            return client
     if uri.startswith(("http://", "https://")):
         try:
             with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as resp:
@@ -104,8 +97,6 @@ def connect(uri: str, timeout: float = 10.0) -> MlflowClient:
                 " environment of the command"
             ) from exc
         raise TrackingError(f"tracking.uri={uri!r}: the store cannot be used: {exc}") from exc
-    if uri.startswith("sqlite:///"):
-        client = _CHECKED_SQLITE.setdefault(uri, client)  # one dict operation: atomic
     return client
 
 
@@ -202,17 +193,7 @@ def _being_created(path: Path) -> bool:
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
-# Experiment ids by name, per client (connect returns one client per SQLite store): an
-# experiment keeps its id, so each run of a sweep need not look it up again (~1.5 ms).
-_EXPERIMENT_IDS: weakref.WeakKeyDictionary[MlflowClient, dict[str, str]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
 def ensure_experiment(client: MlflowClient, name: str) -> str:
-    known = _EXPERIMENT_IDS.get(client, {})
-    if name in known:
-        return known[name]
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         experiment_id = experiment.experiment_id
@@ -224,7 +205,6 @@ def ensure_experiment(client: MlflowClient, name: str) -> str:
             if experiment is None:
                 raise
             experiment_id = experiment.experiment_id
-    _EXPERIMENT_IDS.setdefault(client, {})[name] = experiment_id
     return experiment_id
 
 
@@ -281,6 +261,9 @@ class RunLogger:
         self._pending: list[Metric] = []
         self._last_flush = time.monotonic()
         self.points_logged = 0
+        # Set by the block of tracked_run before it ends: how the run ends, and extra tags.
+        self.outcome = "completed"
+        self.end_tags: dict[str, str] = {}
         # Every point also goes to the run's history table (history.parquet), for analysis.
         self.rows: list[tuple[str, int, float]] = []
 
@@ -414,6 +397,65 @@ def end_run(logger: RunLogger, outcome: str, extra_tags: dict[str, str] | None =
         if not sent:
             logger.client.log_batch(logger.run_id, tags=tags, synchronous=True)
         logger.client.set_terminated(logger.run_id, status=STATUS[outcome])
+
+
+@contextmanager
+def tracked_run(
+    client: MlflowClient,
+    experiment_id: str,
+    run_name: str,
+    params: dict[str, object],
+    tags: dict[str, str],
+    parent_run_id: str | None = None,
+) -> Iterator[RunLogger]:
+    """A run's whole life: created with its params and tags on entry; the block trains with
+    the yielded logger as a listener, logs its artifacts and sets ``logger.outcome`` (and
+    ``logger.end_tags``); on exit the run ends with that outcome's status.
+
+    Ctrl-C or SIGTERM (KeyboardInterrupt) ends it KILLED with outcome ``interrupted``, any other
+    error FAILED with ``traceback.txt`` and the reason in ``bpexp.error``; the points logged so
+    far are kept, and the error goes on up (a KeyboardInterrupt carries the ``run_id``).
+    """
+    logger = start_run(client, experiment_id, run_name, params, tags, parent_run_id)
+    try:
+        yield logger
+    except KeyboardInterrupt as exc:
+        exc.run_id = logger.run_id  # for the sweep's summary row of this job
+        _close_quietly(logger, "interrupted")
+        raise
+    except Exception:
+        _close_quietly(logger, "failed", traceback.format_exc())
+        raise
+    end_run(logger, logger.outcome, logger.end_tags)
+
+
+def _close_quietly(logger: RunLogger, outcome: str, trace: str | None = None) -> None:
+    """Close a run after an error without hiding that error under a second one.
+
+    The reason (the traceback's last line) goes in the ``bpexp.error`` tag, so that a run whose
+    artifacts cannot be written (disk full, permission denied) still says why it FAILED.
+    """
+    tags = {}
+    if trace is not None:
+        tags["bpexp.error"] = trace.strip().splitlines()[-1][:5000]  # MLflow's limit: 8000
+        try:
+            log_files(logger, {"traceback.txt": trace.encode()})
+        except Exception as exc:  # the artifact store may be what failed
+            print(f"warning: run {logger.run_id}: no traceback.txt: {exc}", file=sys.stderr)
+    try:
+        end_run(logger, outcome, tags)
+    except Exception as exc:  # the store itself may be what failed
+        print(f"warning: could not close run {logger.run_id} as {outcome}: {exc}", file=sys.stderr)
+
+
+def log_files(logger: RunLogger, files: dict[str, bytes]) -> None:
+    """Write ``{artifact path: content}`` into a temporary tree and log it in one call."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, content in files.items():
+            target = Path(tmp) / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(content)
+        logger.client.log_artifacts(logger.run_id, tmp)
 
 
 def finished_run(client: MlflowClient, experiment_id: str, digest: str):

@@ -265,7 +265,7 @@ def test_an_unknown_group_option_names_the_options(overrides, group, value):
         ["-m", "sweep=optimizers", "optimizer=sgd,nesterov", "optimizer.lr=0.1,1.0"],
         ["optimizer=choice(sgd,adam)", "cost=glob(*cross*)", "optimizer@other=sgd"],
         ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "network.hidden=[30,30]"],
-        ["--cfg", "job", "seed=range(3)", "+force=true"],
+        ["--cfg", "job", "seed=range(3)", "force=true"],
         ["optimizer=(", "sweep="],  # a syntax error is left to Hydra's own message
     ],
 )

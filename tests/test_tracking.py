@@ -48,6 +48,7 @@ def test_run_holds_name_params_tags_metrics_and_artifacts(store_uri, tmp_path):
             "optimizer.lr=0.5",
             "seed=1",
             "tracking.log_every_n_steps=20",
+            "tracking.plots=true",  # the per-run PNGs are opt-in
         ]
     )
     client, run = only_run(store_uri)
@@ -286,20 +287,6 @@ def test_end_run_tags_and_closes_the_run_when_metrics_cannot_be_sent(store_uri):
     assert run.data.tags["outcome"] == "failed" and run.data.tags["error"] == "x"
 
 
-def test_connect_checks_a_sqlite_store_once_while_its_file_exists(tmp_path, monkeypatch):
-    checks = []
-    probe = MlflowClient.search_experiments
-    monkeypatch.setattr(
-        MlflowClient, "search_experiments", lambda self, **kw: checks.append(1) or probe(self, **kw)
-    )
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = connect(uri)
-    assert connect(uri) is client and len(checks) == 1
-    (tmp_path / "mlflow.db").unlink()
-    connect(uri)
-    assert len(checks) == 2
-
-
 def test_curvature_metrics_at_step_epoch_and_a_warning_tag_when_lanczos_stops_short(store_uri):
     common = [f"tracking.uri={store_uri}", "trainer.epochs=3", "tracking.plots=false"]
     common += ["optimizer=momentum", "optimizer.lr=0.1", "trainer.sharpness_every=2"]
@@ -323,7 +310,7 @@ def test_curvature_metrics_at_step_epoch_and_a_warning_tag_when_lanczos_stops_sh
 
     # With the default budget the same measurements converge: no warning.
     client.delete_run(run_id)
-    result = bpexp.run([*common, "+force=true"])
+    result = bpexp.run([*common, "force=true"])
     converged = client.get_run(result.run_id)
     assert "warning.sharpness" not in converged.data.tags
     assert converged.data.metrics["sharpness_converged"] == 1.0
@@ -357,3 +344,10 @@ def test_a_server_with_basic_auth_needs_credentials_before_training(tmp_path, mo
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_per_run_plots_are_drawn_only_when_asked(store_uri):
+    bpexp.run([f"tracking.uri={store_uri}", "trainer.epochs=1"])
+    client, run = only_run(store_uri)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert "plots" not in artifacts and "history.parquet" in artifacts
