@@ -14,9 +14,10 @@ or raises, so the summary is written also when jobs failed or the sweep was inte
 
 Fixed costs of a job: Hydra composes every job's config twice, once in the launching process
 before any job starts (the sweeper's ``validate_batch_is_legal``, ~57 ms a job, serial) and
-once for the job itself. One saving is kept because it pays in the main job's wall time
-(measured in ``benchmarks/bench_main_job.py``'s note): the heap is frozen once a process has
-its modules in (:func:`_freeze_heap`).
+once for the job itself. One saving is kept because it pays in the main job's wall time: the
+heap is frozen once a process has its modules in (:func:`_freeze_heap`). Measured on a 42-run
+cut of the main job (5 lrs, 4 confirm seeds), two rounds: 194.5 and 169.6 s frozen, 211.3 and
+198.3 s not (8% and 15% less), on a busy 2-core machine.
 """
 
 from __future__ import annotations
