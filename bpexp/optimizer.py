@@ -5,24 +5,22 @@ updates ``w`` and ``state`` in place. ``state = optimizer.init(w)`` is a plain d
 the step counter ``t``: everything the rule remembers is there to inspect.
 Forms, conventions and the identities between them: docs/science.md#update-rules.
 
-- ``sgd``:       w ← w − η g
-- ``momentum``, ``form="classical"``: v ← β v − η g;  w ← w + v
-  (identical to torch.optim.SGD(momentum=β, dampening=0) with lr = η).
-- ``momentum``, ``form="ema"``: v ← β v + (1 − β) g;  w ← w − η v, or with ``bias_correction``
-  w ← w − η v / (1 − β^t). EMA(η, β) ≡ classical with η(1 − β).
-- ``nesterov``:  the reformulated form whose stored weights are the look-ahead point:
-  v ← β v − η g(w);  w ← w − β v_prev + (1 + β) v, i.e. w ← w + β v − η g
-  (identical to torch.optim.SGD(momentum=β, nesterov=True)).
-- ``rmsprop``:   s ← ρ s + (1 − ρ) g²;  w ← w − η g / (√s + ε), with ρ = ``beta2``.
-- ``adam``:      m ← β m + (1 − β) g;  s ← β₂ s + (1 − β₂) g²;
-  w ← w − η m̂ / (√ŝ + ε), m̂ = m / (1 − β^t), ŝ = s / (1 − β₂^t).
+The rules are ``sgd``, ``momentum`` (``form`` classical or ema, the latter with or without
+``bias_correction``), ``nesterov``, ``rmsprop`` and ``adam``.
 
-The first rules multiply the gradient by a constant before anything else (sgd, classical
-momentum and Nesterov by −η, EMA momentum by 1 − β): ``gradient_scale``. Each rule is written on
-that scaled gradient ``s``, so ``update(w, s, state)`` is the rule itself and
-``step(w, g, state)`` is ``update(w, gradient_scale · g, state)``. The trainer has backprop fold
-the scale into δ^L (where it already folds 1/m) and calls ``update`` directly: on a 784-100-10
-network at batch 10 that saves one pass over every parameter, about 40% of the update.
+Each rule is one small class below: the names of its ``buffers`` (state arrays, created as
+zeros by ``init``), its ``gradient_scale``, its ``update``, its ``effective_step`` and its
+``sharpness_threshold``, read off the ``Optimizer`` that builds it. ``RULES`` maps
+``optimizer.name`` to the class; adding a rule is a class and its line there
+(docs/where-to-add.md#a-new-update-rule).
+
+``gradient_scale`` is the constant a rule multiplies the gradient by before anything else (sgd,
+classical momentum and Nesterov −η, EMA momentum 1 − β, rmsprop and adam 1: they are not
+linear in g). Each rule is written on that scaled gradient ``s``, so ``update(w, s, state)`` is
+the rule itself and ``step(w, g, state)`` is ``update(w, gradient_scale · g, state)``. The
+trainer has backprop fold the scale into δ^L (where it already folds 1/m) and calls ``update``
+directly: on a 784-100-10 network at batch 10 that saves one pass over every parameter, about
+40% of the update.
 
 L2 regularisation (``weight_decay`` = λ, Nielsen's chapter 3) belongs to the cost, not to a
 rule: every rule descends C + λ/(2n) Σ_l ‖W^l‖², over weights only, n the training-set size,
@@ -30,13 +28,10 @@ whose gradient adds (λ/n) W to ∂C/∂W. For sgd that is the decoupled step
 w ← (1 − ηλ/n) w − η g exactly. PyTorch's ``weight_decay`` wd adds wd · w to the gradient of
 every parameter it is given, biases included: bpexp's λ is torch's wd = λ/n on a parameter
 group of the weights, with wd = 0 for the biases (and for Adam, torch.optim.Adam, not AdamW).
-
-Adding a rule is one function and entries in ``RULES``, ``BUFFERS`` and ``gradient_scale``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,18 +52,11 @@ def label(name: str, form: str = "classical", bias_correction: bool = False) -> 
     return f"momentum/{form}" + ("+bc" if bias_correction else "")
 
 
-def effective_step(name: str, form: str, lr: float, beta: float) -> float:
-    """The long-run step per unit of a constant gradient: η/(1 − β) for classical momentum and
-    Nesterov (their velocity sums a geometric series), η for SGD and the EMA forms (the EMA
-    averages, it does not sum) and for RMSprop and Adam (whose steps are scaled per coordinate).
-    Arms line up by this, not by ``optimizer.lr``, when comparing learning rates."""
-    if name == "nesterov" or (name == "momentum" and form == "classical"):
-        return lr / (1.0 - beta)
-    return lr
-
-
 @dataclass(frozen=True)
 class Optimizer:
+    """The settings of an update rule (the ``optimizer`` config group), checked, and the rule
+    they select, ``rule`` (one of the classes of ``RULES``), to which it hands each step."""
+
     name: str
     lr: float
     beta: float = 0.9
@@ -108,28 +96,25 @@ class Optimizer:
                 "optimizer.form='ema': the classical form has no average to correct, and adam "
                 "always corrects its moments"
             )
+        # Not a field: the rule is derived from the fields, so it stays out of eq, repr and
+        # the config schema; object.__setattr__ because the dataclass is frozen.
+        object.__setattr__(self, "rule", RULES[self.name](self))
 
     @property
     def gradient_scale(self) -> float:
         """The constant the rule multiplies the gradient by first: the s of ``update``."""
-        if self.name in ("sgd", "nesterov") or (
-            self.name == "momentum" and self.form == "classical"
-        ):
-            return -self.lr
-        if self.name == "momentum":  # ema
-            return 1.0 - self.beta
-        return 1.0  # rmsprop, adam: not linear in g
+        return self.rule.gradient_scale
 
     def init(self, w: Array) -> State:
-        """Zero state for parameters shaped like ``w``: velocity/moments, step count, scratch."""
+        """Zero state for parameters shaped like ``w``: the rule's buffers, step count, scratch."""
         state: State = {"t": 0, "scratch": np.zeros_like(w)}
-        for key in BUFFERS[self.name]:
+        for key in self.rule.buffers:
             state[key] = np.zeros_like(w)
         return state
 
     def step(self, w: Array, g: Array, state: State) -> None:
         """One update of ``w`` (in place) from the gradient ``g``."""
-        scale = self.gradient_scale
+        scale = self.rule.gradient_scale
         s = g if scale == 1.0 else np.multiply(g, scale, out=state["scratch"])
         self.update(w, s, state)
 
@@ -137,96 +122,160 @@ class Optimizer:
         """One update of ``w`` (in place) from ``s = gradient_scale · g``; ``s`` is not changed
         unless it is ``state["scratch"]``."""
         state["t"] += 1
-        RULES[self.name](self, w, s, state)
+        self.rule.update(w, s, state)
 
 
-def _sgd(opt: Optimizer, w: Array, s: Array, state: State) -> None:
-    w += s  # s = −η g
+# Each rule: ``buffers`` (the state arrays it keeps), ``gradient_scale``, ``effective_step``,
+# ``sharpness_threshold`` (see the functions of those names below) and ``update(w, s, state)``,
+# which changes ``w`` and the buffers in place from s = gradient_scale · g; ``state["t"]`` is
+# the step number (1 at the first step), ``state["scratch"]`` a free array shaped like ``w``.
+# Stability bounds: f(w) = λw²/2, h = ηλ (derivations in docs/instruments-curvature.md).
 
 
-def _momentum(opt: Optimizer, w: Array, s: Array, state: State) -> None:
-    v = state["v"]
-    v *= opt.beta
-    v += s  # classical: s = −η g, v ← β v − η g;  ema: s = (1 − β) g
-    if opt.form == "classical":
-        w += v
-    else:
-        lr = opt.lr / (1.0 - opt.beta ** state["t"]) if opt.bias_correction else opt.lr
-        w -= np.multiply(v, lr, out=state["scratch"])
+class Sgd:
+    """w ← w − η g."""
+
+    buffers = ()
+
+    def __init__(self, opt: Optimizer) -> None:
+        self.gradient_scale = -opt.lr
+        self.effective_step = opt.lr
+        self.sharpness_threshold = 2.0 / opt.lr  # w' = (1 − h) w: stable iff h < 2
+
+    def update(self, w: Array, s: Array, state: State) -> None:
+        w += s  # s = −η g
 
 
-def _nesterov(opt: Optimizer, w: Array, s: Array, state: State) -> None:
-    v = state["v"]
-    v *= opt.beta
-    v += s  # v ← β v − η g  (s = −η g)
-    w += s
-    w += np.multiply(v, opt.beta, out=state["scratch"])  # w ← w + β v − η g
+class Momentum:
+    """``form="classical"``: v ← β v − η g;  w ← w + v (identical to
+    torch.optim.SGD(momentum=β, dampening=0) with lr = η).
+    ``form="ema"``: v ← β v + (1 − β) g;  w ← w − η v, or with ``bias_correction``
+    w ← w − η v / (1 − β^t). EMA(η, β) ≡ classical with η(1 − β)."""
+
+    buffers = ("v",)
+
+    def __init__(self, opt: Optimizer) -> None:
+        self.lr, self.beta, self.bias_correction = opt.lr, opt.beta, opt.bias_correction
+        self.classical = opt.form == "classical"
+        self.gradient_scale = -opt.lr if self.classical else 1.0 - opt.beta
+        # The classical velocity sums a geometric series; the EMA averages, it does not sum.
+        self.effective_step = opt.lr / (1.0 - opt.beta) if self.classical else opt.lr
+        # Classical: w_{t+1} = (1 + β − h) w_t − β w_{t−1}, whose roots leave the unit circle
+        # through r = −1 at h = 2 + 2β. EMA ≡ classical with η(1 − β); with bias correction
+        # η_t = η(1 − β)/(1 − β^t) tends to η(1 − β), so the same bound holds in the long run
+        # (the first steps are larger: step 1 is plain η g).
+        classical_lr = opt.lr if self.classical else opt.lr * (1.0 - opt.beta)
+        self.sharpness_threshold = (2.0 + 2.0 * opt.beta) / classical_lr
+
+    def update(self, w: Array, s: Array, state: State) -> None:
+        v = state["v"]
+        v *= self.beta
+        v += s  # classical: s = −η g, v ← β v − η g;  ema: s = (1 − β) g
+        if self.classical:
+            w += v
+        else:
+            lr = self.lr / (1.0 - self.beta ** state["t"]) if self.bias_correction else self.lr
+            w -= np.multiply(v, lr, out=state["scratch"])
 
 
-def _rmsprop(opt: Optimizer, w: Array, g: Array, state: State) -> None:
-    s, scratch = state["s"], state["scratch"]
-    s *= opt.beta2
-    s += np.multiply(np.square(g, out=scratch), 1.0 - opt.beta2, out=scratch)
-    np.sqrt(s, out=scratch)
-    scratch += opt.eps
-    np.divide(g, scratch, out=scratch)
-    scratch *= opt.lr
-    w -= scratch
+class Nesterov:
+    """The reformulated form whose stored weights are the look-ahead point:
+    v ← β v − η g(w);  w ← w − β v_prev + (1 + β) v, i.e. w ← w + β v − η g
+    (identical to torch.optim.SGD(momentum=β, nesterov=True))."""
+
+    buffers = ("v",)
+
+    def __init__(self, opt: Optimizer) -> None:
+        self.beta = opt.beta
+        self.gradient_scale = -opt.lr
+        self.effective_step = opt.lr / (1.0 - opt.beta)  # as classical momentum
+        # State (w, v) with matrix [[1 − h(1 + β), β²], [−h, β]], characteristic
+        # r² − (1 + β − h(1 + β)) r + β(1 − h), whose root crosses −1 at h = 2(1 + β)/(1 + 2β).
+        self.sharpness_threshold = 2.0 * (1.0 + opt.beta) / ((1.0 + 2.0 * opt.beta) * opt.lr)
+
+    def update(self, w: Array, s: Array, state: State) -> None:
+        v = state["v"]
+        v *= self.beta
+        v += s  # v ← β v − η g  (s = −η g)
+        w += s
+        w += np.multiply(v, self.beta, out=state["scratch"])  # w ← w + β v − η g
 
 
-def _adam(opt: Optimizer, w: Array, g: Array, state: State) -> None:
-    m, s, scratch, t = state["m"], state["s"], state["scratch"], state["t"]
-    m *= opt.beta
-    m += np.multiply(g, 1.0 - opt.beta, out=scratch)
-    s *= opt.beta2
-    s += np.multiply(np.square(g, out=scratch), 1.0 - opt.beta2, out=scratch)
-    # √ŝ + ε = √s / √(1 − β₂^t) + ε; the step is η m̂ / (√ŝ + ε).
-    np.sqrt(s, out=scratch)
-    scratch /= np.sqrt(1.0 - opt.beta2**t)
-    scratch += opt.eps
-    np.divide(m, scratch, out=scratch)
-    scratch *= opt.lr / (1.0 - opt.beta**t)
-    w -= scratch
+# rmsprop and adam divide each coordinate's step by its own √ŝ: their stability bound is on the
+# preconditioned Hessian diag(√ŝ + ε)^{-1} H, not on H, so none is given for H (None); their
+# effective step is η, the step being scaled per coordinate.
+
+
+class RMSprop:
+    """s ← ρ s + (1 − ρ) g²;  w ← w − η g / (√s + ε), with ρ = ``beta2``."""
+
+    buffers = ("s",)
+    gradient_scale = 1.0  # not linear in g
+    sharpness_threshold = None
+
+    def __init__(self, opt: Optimizer) -> None:
+        self.lr, self.beta2, self.eps = opt.lr, opt.beta2, opt.eps
+        self.effective_step = opt.lr
+
+    def update(self, w: Array, g: Array, state: State) -> None:
+        s, scratch = state["s"], state["scratch"]
+        s *= self.beta2
+        s += np.multiply(np.square(g, out=scratch), 1.0 - self.beta2, out=scratch)
+        np.sqrt(s, out=scratch)
+        scratch += self.eps
+        np.divide(g, scratch, out=scratch)
+        scratch *= self.lr
+        w -= scratch
+
+
+class Adam:
+    """m ← β m + (1 − β) g;  s ← β₂ s + (1 − β₂) g²;
+    w ← w − η m̂ / (√ŝ + ε), m̂ = m / (1 − β^t), ŝ = s / (1 − β₂^t)."""
+
+    buffers = ("m", "s")
+    gradient_scale = 1.0  # not linear in g
+    sharpness_threshold = None
+
+    def __init__(self, opt: Optimizer) -> None:
+        self.lr, self.beta, self.beta2, self.eps = opt.lr, opt.beta, opt.beta2, opt.eps
+        self.effective_step = opt.lr
+
+    def update(self, w: Array, g: Array, state: State) -> None:
+        m, s, scratch, t = state["m"], state["s"], state["scratch"], state["t"]
+        m *= self.beta
+        m += np.multiply(g, 1.0 - self.beta, out=scratch)
+        s *= self.beta2
+        s += np.multiply(np.square(g, out=scratch), 1.0 - self.beta2, out=scratch)
+        # √ŝ + ε = √s / √(1 − β₂^t) + ε; the step is η m̂ / (√ŝ + ε).
+        np.sqrt(s, out=scratch)
+        scratch /= np.sqrt(1.0 - self.beta2**t)
+        scratch += self.eps
+        np.divide(m, scratch, out=scratch)
+        scratch *= self.lr / (1.0 - self.beta**t)
+        w -= scratch
+
+
+RULES: dict[str, type] = {
+    "sgd": Sgd,
+    "momentum": Momentum,
+    "nesterov": Nesterov,
+    "rmsprop": RMSprop,
+    "adam": Adam,
+}
+
+
+def effective_step(name: str, form: str, lr: float, beta: float) -> float:
+    """The long-run step per unit of a constant gradient: η/(1 − β) for classical momentum and
+    Nesterov (their velocity sums a geometric series), η for SGD and the EMA forms (the EMA
+    averages, it does not sum) and for RMSprop and Adam (whose steps are scaled per coordinate).
+    Arms line up by this, not by ``optimizer.lr``, when comparing learning rates."""
+    return Optimizer(name, lr, beta, form).rule.effective_step
 
 
 def sharpness_threshold(opt: Optimizer) -> float | None:
     """The largest curvature λ at which the rule is stable on the quadratic f(w) = λw²/2, or
     None where no such bound on the Hessian's top eigenvalue exists (rmsprop, adam).
-
-    Linear recurrences on f' = λw, with h = ηλ (derivations in docs/instruments-curvature.md):
-    - sgd: w' = (1 − h) w, stable iff h < 2: λ < 2/η;
-    - classical momentum: w_{t+1} = (1 + β − h) w_t − β w_{t−1}; the roots of
-      r² − (1 + β − h) r + β leave the unit circle through r = −1 at h = 2 + 2β: λ < (2 + 2β)/η;
-    - nesterov (torch's form): state (w, v) with matrix [[1 − h(1 + β), β²], [−h, β]],
-      characteristic r² − (1 + β − h(1 + β)) r + β(1 − h), whose root crosses −1 at
-      h = 2(1 + β)/(1 + 2β): λ < 2(1 + β)/((1 + 2β) η);
-    - ema momentum ≡ classical with η(1 − β): λ < (2 + 2β)/(η(1 − β)); with bias correction
-      the step η_t = η(1 − β)/(1 − β^t) tends to η(1 − β), so the same bound holds in the long
-      run (the first steps are larger: step 1 is plain η g);
-    - rmsprop, adam divide each coordinate's step by its own √ŝ: their bound is on the
-      preconditioned Hessian diag(√ŝ + ε)^{-1} H, not on H, so none is given for H.
-    """
-    if opt.name == "sgd":
-        return 2.0 / opt.lr
-    if opt.name == "nesterov":
-        return 2.0 * (1.0 + opt.beta) / ((1.0 + 2.0 * opt.beta) * opt.lr)
-    if opt.name == "momentum":
-        lr = opt.lr if opt.form == "classical" else opt.lr * (1.0 - opt.beta)
-        return (2.0 + 2.0 * opt.beta) / lr
-    return None
-
-
-RULES: dict[str, Callable[[Optimizer, Array, Array, State], None]] = {
-    "sgd": _sgd,
-    "momentum": _momentum,
-    "nesterov": _nesterov,
-    "rmsprop": _rmsprop,
-    "adam": _adam,
-}
-BUFFERS: dict[str, tuple[str, ...]] = {
-    "sgd": (),
-    "momentum": ("v",),
-    "nesterov": ("v",),
-    "rmsprop": ("s",),
-    "adam": ("m", "s"),
-}
+    With h = ηλ: sgd λ < 2/η; classical momentum λ < (2 + 2β)/η; nesterov
+    λ < 2(1 + β)/((1 + 2β) η); ema momentum as classical with η(1 − β). Each rule's class
+    gives its derivation; docs/instruments-curvature.md works them out."""
+    return opt.rule.sharpness_threshold
