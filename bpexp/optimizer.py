@@ -8,10 +8,8 @@ Forms, conventions and the identities between them: docs/science.md#update-rules
 The rules are ``sgd``, ``momentum`` (``form`` classical or ema, the latter with or without
 ``bias_correction``), ``nesterov``, ``rmsprop`` and ``adam``.
 
-Each rule is one small class below: the names of its ``buffers`` (state arrays, created as
-zeros by ``init``), its ``gradient_scale``, its ``update``, its ``effective_step`` and its
-``sharpness_threshold``, read off the ``Optimizer`` that builds it. ``RULES`` maps
-``optimizer.name`` to the class; adding a rule is a class and its line there
+Each rule is one small class below (what a rule holds is said above ``Sgd``); ``RULES`` maps
+``optimizer.name`` to it, and adding a rule is a class and its line there
 (docs/where-to-add.md#a-new-update-rule).
 
 ``gradient_scale`` is the constant a rule multiplies the gradient by before anything else (sgd,
