@@ -26,6 +26,7 @@ def numerical_gradient(
     X: Array,
     Y: Array,
     cost: Cost,
+    *,
     h: float = 1e-5,
     weight_decay: float = 0.0,
     n: int = 1,
@@ -58,9 +59,10 @@ def check(
     X: Array,
     Y: Array,
     cost: Cost,
-    h: float = 1e-5,
+    *,
     weight_decay: float = 0.0,
     n: int = 1,
+    h: float = 1e-5,
 ) -> list[float]:
     """The worst relative error of (∂C/∂W^l, ∂C/∂b^l) for each layer l = 1..L; with λ =
     ``weight_decay`` > 0, of the regularised cost C + λ/(2n) Σ‖W‖² (the trainer's step)."""
@@ -68,7 +70,7 @@ def check(
     if weight_decay:
         add_l2_gradient(net, weight_decay / n, [np.empty_like(W) for W in net.W])
     backprop = net.grad.copy()
-    numeric = numerical_gradient(net, X, Y, cost, h, weight_decay, n)
+    numeric = numerical_gradient(net, X, Y, cost, h=h, weight_decay=weight_decay, n=n)
     errors, offset = [], 0
     for W, b in zip(net.W, net.b, strict=True):
         sl_W = slice(offset, offset + W.size)

@@ -296,34 +296,6 @@ class RunLogger:
         self._last_flush = time.monotonic()
 
 
-def start_run(
-    client: MlflowClient,
-    experiment_id: str,
-    run_name: str,
-    params: dict[str, object],
-    tags: dict[str, str],
-    parent_run_id: str | None = None,
-) -> RunLogger:
-    """Create a run with its params and tags; returns the listener that logs its records."""
-    all_tags = {
-        "bpexp.version": bpexp.__version__,
-        "numpy.version": np.__version__,
-        "python.version": platform.python_version(),
-        **tags,
-    }
-    commit = git_commit()
-    if commit:
-        all_tags["git.commit"] = commit
-    all_tags |= process_tags()
-    if parent_run_id:
-        all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
-    run = client.create_run(experiment_id, tags=all_tags, run_name=run_name)
-    param_list = [Param(k, _param_value(v)) for k, v in params.items()]
-    for chunk in _chunks(param_list, 100):
-        client.log_batch(run.info.run_id, params=chunk, synchronous=True)
-    return RunLogger(client, run.info.run_id)
-
-
 def process_tags() -> dict[str, str]:
     """Where a run is trained: a run left RUNNING by a process that is gone (kill -9, a lost
     node) can then be told from one still training (see :func:`close_stale_runs`)."""
@@ -416,7 +388,23 @@ def tracked_run(
     error FAILED with ``traceback.txt`` and the reason in ``bpexp.error``; the points logged so
     far are kept, and the error goes on up (a KeyboardInterrupt carries the ``run_id``).
     """
-    logger = start_run(client, experiment_id, run_name, params, tags, parent_run_id)
+    all_tags = {
+        "bpexp.version": bpexp.__version__,
+        "numpy.version": np.__version__,
+        "python.version": platform.python_version(),
+        **tags,
+    }
+    commit = git_commit()
+    if commit:
+        all_tags["git.commit"] = commit
+    all_tags |= process_tags()
+    if parent_run_id:
+        all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+    run = client.create_run(experiment_id, tags=all_tags, run_name=run_name)
+    param_list = [Param(k, _param_value(v)) for k, v in params.items()]
+    for chunk in _chunks(param_list, 100):
+        client.log_batch(run.info.run_id, params=chunk, synchronous=True)
+    logger = RunLogger(client, run.info.run_id)
     try:
         yield logger
     except KeyboardInterrupt as exc:

@@ -197,3 +197,14 @@ needs_fashion = pytest.mark.skipif(
     not all((FASHION_FOLDER / f"{stem}.gz").is_file() for stem in IDX_FILES),
     reason=f"no Fashion-MNIST in {FASHION_FOLDER} (apt-get install dataset-fashion-mnist)",
 )
+
+
+def assert_every_point_logged(client, run, folder: Path) -> None:
+    """Every point of ``run``'s history.parquet is in the store's metric histories (> 100)."""
+    import pandas as pd
+
+    run_id = run.info.run_id
+    local = client.download_artifacts(run_id, "history.parquet", str(folder / run_id))
+    expected = len(pd.read_parquet(local))
+    logged = sum(len(client.get_metric_history(run_id, key)) for key in run.data.metrics)
+    assert logged == expected > 100

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import cli_env, free_port, run_cli
+from tests.conftest import assert_every_point_logged, cli_env, free_port, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -357,14 +357,7 @@ def test_joblib_sweep_against_an_mlflow_server_on_postgresql(tmp_path, postgres_
         assert parent.info.status == "FINISHED" and len(children) == 8
         for run in children:
             assert run.info.status == "FINISHED"
-            folder = client.download_artifacts(
-                run.info.run_id, "history.parquet", str(tmp_path / run.info.run_id)
-            )
-            expected = len(pd.read_parquet(folder))
-            logged = sum(
-                len(client.get_metric_history(run.info.run_id, key)) for key in run.data.metrics
-            )
-            assert logged == expected > 100
+            assert_every_point_logged(client, run, tmp_path)
     finally:
         stop_group(server)
     assert "Traceback" not in output(server), output(server)[-3000:]

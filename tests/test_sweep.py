@@ -15,7 +15,7 @@ import pytest
 from mlflow import MlflowClient
 
 import bpexp
-from tests.conftest import cli_env, run_cli, start_mlflow_server
+from tests.conftest import assert_every_point_logged, cli_env, run_cli, start_mlflow_server
 
 pytestmark = pytest.mark.slow
 
@@ -190,14 +190,7 @@ def test_joblib_sweep_on_a_fresh_store_logs_every_point(tmp_path):
     client, parents, children = runs_by_kind(uri)
     assert len(parents) == 1 and len(children) == 6
     for run in children:
-        folder = client.download_artifacts(
-            run.info.run_id, "history.parquet", str(tmp_path / run.info.run_id)
-        )
-        expected = len(pd.read_parquet(folder))
-        logged = sum(
-            len(client.get_metric_history(run.info.run_id, key)) for key in run.data.metrics
-        )
-        assert logged == expected > 100
+        assert_every_point_logged(client, run, tmp_path)
 
 
 def test_unreachable_store_fails_at_start(tmp_path):
