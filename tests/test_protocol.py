@@ -260,6 +260,29 @@ def test_tiny_protocol_end_to_end(tmp_path, store_uri):
 
 
 @pytest.mark.slow
+def test_tpe_gives_every_arm_the_same_number_of_trials(tmp_path, store_uri):
+    tpe = [a for a in TINY if not a.startswith("optimizer.lr=")]
+    tpe += ["hydra.sweeper.protocol.sampler=tpe", "hydra.sweeper.protocol.budget=3"]
+    out = run_cli([*tpe, f"tracking.uri={store_uri}"], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    runs = store_runs(store_uri)
+    tune = runs[(runs["kind"] == "run") & (runs["stage"] == "tune")]
+    # 3 trials x 2 tuning seeds per arm, each trial's lr inside the searched range.
+    assert tune.groupby("optimizer").size().to_dict() == {"sgd": 6, "momentum": 6, "nesterov": 6}
+    assert tune.groupby("optimizer")["lr"].nunique().max() <= 3
+    assert tune["lr"].between(0.00316, 31.6).all()
+    (sweep_dir,) = tmp_path.glob("multirun/*/*")
+    chosen = pd.read_csv(sweep_dir / "protocol" / "chosen.csv").set_index("arm")
+    confirm = runs[runs["stage"] == "confirm"]
+    for arm, lr in chosen["optimizer.lr"].items():
+        assert set(confirm.loc[confirm["optimizer"] == arm, "lr"]) == {lr}
+    # Seeded: the same command draws the same trials (and so skips every job).
+    again = run_cli([*tpe, f"tracking.uri={store_uri}"], tmp_path)
+    assert again.returncode == 0 and "already has this exact config" in again.stdout
+    assert "(24 jobs: 24 skipped)" in again.stdout  # 3 x 3 x 2 tune + 3 x 2 confirm
+
+
+@pytest.mark.slow
 def test_protocol_runs_under_the_joblib_launcher(tmp_path, store_uri):
     out = run_cli([*TINY, f"tracking.uri={store_uri}", "hydra/launcher=joblib"], tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]

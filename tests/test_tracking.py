@@ -330,6 +330,10 @@ def test_a_server_with_basic_auth_needs_credentials_before_training(tmp_path, mo
             assert "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD" in refused.stderr
             assert ("refused those given" in refused.stderr) == bool(env)
             assert "epoch" not in refused.stdout and "Traceback" not in refused.stderr
+        # A sweep stops before its first job too (exit 2, not every job failing).
+        swept = run_cli(["-m", "seed=0,1", *args], tmp_path)
+        assert swept.returncode == 2, swept.stderr[-2000:]
+        assert "asks for a user name and password" in swept.stderr and "#0" not in swept.stdout
         user, password = AUTH_ADMIN
         env = {"MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": password}
         logged = run_cli(args, tmp_path, **env)

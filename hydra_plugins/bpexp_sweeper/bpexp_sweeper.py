@@ -105,6 +105,7 @@ class BpexpSweeper(Sweeper):
         return [f"{key}={value}" for key, value in self.params.items()]
 
     def sweep(self, arguments: list[str]) -> Any:
+        self._check_store()
         if self.protocol_settings is None:
             return self._grid(arguments)
         try:
@@ -174,6 +175,22 @@ class BpexpSweeper(Sweeper):
             print(f"\nprotocol result, ranked by {protocol.yardstick} ({protocol.direction}):")
             print(table.to_string(index=False, float_format="{:.4g}".format))
         return returns
+
+    def _check_store(self) -> None:
+        """A store that cannot be used (a server down or asking for a password, a read-only
+        folder) stops the sweep before any job, with exit code 2: Hydra only warns when a
+        callback raises, and every job would then fail with the same message."""
+        if not self.config.tracking.enabled:
+            return
+        from bpexp import tracking as tr
+        from bpexp.errors import TrackingError
+
+        try:
+            tr.connect(
+                tr.tracking_uri(self.config.tracking.uri), self.config.tracking.timeout_seconds
+            )
+        except TrackingError as exc:
+            _stop(str(exc))
 
     def _grid(self, arguments: list[str]) -> list:
         """Hydra's basic sweep: every combination of the swept values, in batches."""
