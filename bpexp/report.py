@@ -242,9 +242,13 @@ def write_report(
         "lr_sensitivity.png": plots.lr_sensitivity(
             _sensitivity_runs(runs, by, over), plots.new_axes(8, 5), metric=metric
         ),
-        "grad_norm.png": plots.arm_grad_norms(curves, plots.new_axes(8, 5)),
-        "saturation.png": plots.arm_saturation(curves, plots.new_axes(8, height)),
     }
+    # Per-layer figures only where the runs measured them (trainer.instruments=true).
+    measured = set(curves["metric"].str.split("/").str[0])
+    if "grad_norm" in measured:
+        figures["grad_norm.png"] = plots.arm_grad_norms(curves, plots.new_axes(8, 5))
+    if "saturation" in measured:
+        figures["saturation.png"] = plots.arm_saturation(curves, plots.new_axes(8, height))
     extra = figures_module.sections(sweep, runs.assign(arm=analysis.label_arms(runs, by)), history)
     figures |= {s.file: s.figure for s in extra if s.figure is not None}
     for name, figure in figures.items():
@@ -275,7 +279,8 @@ def write_report(
         "",
     ]
     for name, caption in PLOT_FILES.items():
-        lines += [f"### {caption}", "", f"![{caption}]({name})", ""]
+        if name in figures:
+            lines += [f"### {caption}", "", f"![{caption}]({name})", ""]
     lines += _section_lines(extra)
     index = out / "index.md"
     index.write_text("\n".join(lines))
