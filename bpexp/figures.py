@@ -176,8 +176,8 @@ def cost_saturation(runs: pd.DataFrame, history: pd.DataFrame) -> list[Section]:
     for ax in (acc, rel, wrong):
         ax.set_xlabel("epoch")
     fig.suptitle(
-        "Learning from a saturated start (N(0,1) weights), each cost at its tuned lr;"
-        " right: fraction of outputs saturated at the wrong end"
+        "Learning from a saturated start (N(0,1) weights), each cost at its tuned lr\n"
+        "right: the fraction of outputs saturated at the wrong end"
     )
     _legend_outside(fig, acc)
     return [Section("Learning from a saturated start", "saturated_start.png", fig)]

@@ -397,7 +397,7 @@ def sharpness_vs_threshold(history: pd.DataFrame, axes: np.ndarray) -> Figure:
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             handles.setdefault(label, handle)
     fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncols=len(handles))
-    fig.suptitle("sharpness (top Hessian eigenvalue of the training loss) and the rule's bound")
+    fig.suptitle("sharpness (top Hessian eigenvalue of the training loss)\nand the rule's bound")
     return fig
 
 

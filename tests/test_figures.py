@@ -10,6 +10,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from bpexp import figures
 
@@ -34,6 +35,13 @@ def _readable(section: figures.Section) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         fig.savefig(io.BytesIO(), format="png", dpi=50)
+    # The title stays clear of the legend beside the panels (a long one ran under it).
+    if fig._suptitle is not None:
+        renderer = FigureCanvasAgg(fig).get_renderer()
+        title = fig._suptitle.get_window_extent(renderer)
+        assert 0 <= title.x0 and title.x1 <= fig.bbox.width, section.title
+        for legend in fig.legends:
+            assert not title.overlaps(legend.get_window_extent(renderer)), section.title
 
 
 def test_depth_draws_the_norm_per_layer_at_initialisation():
