@@ -322,6 +322,10 @@ def _with_arms(runs: pd.DataFrame, protocol: proto.Protocol) -> pd.DataFrame:
     by = [c for c in by if c not in protocol.keys and frame[c].astype(str).nunique() > 1]
     rule = [c for c in by if c.startswith("optimizer.")]
     rest = [c for c in by if c not in rule]
+    if rule and "optimizer.name" not in rule and "optimizer.name" in frame.columns:
+        # Arms of one rule that differ in form (momentum_beta): the label names the form only
+        # after the rule's name ("momentum/ema+bc"); without it every arm read "all".
+        rule = ["optimizer.name", *rule]
     head = analysis.label_arms(frame, rule) if rule else pd.Series("", index=frame.index)
     shown = frame[rest].apply(lambda c: c.map(lambda v: "null" if pd.isna(v) else _format(v)))
     if len(rest) == 1 and not rule:  # one key: say which ("batch_size=10", not "10")

@@ -323,3 +323,27 @@ def test_batch_size_report_shows_the_gradient_noise_scale_per_batch_size(tmp_pat
     # At epoch 0 every run has the same weights and probe (same seed): one B_simple.
     assert len({r[1] for r in rows}) == 1 and float(rows[0][1]) > 0
     assert "B_simple = tr(Σ)/|G|²" in section
+
+
+def test_arms_of_one_rule_are_named_by_their_form():
+    # sweep=momentum_beta: one rule (momentum) in three forms; every arm once read "all".
+    runs = pd.DataFrame(
+        {
+            "run_id": ["a", "b", "c"],
+            "optimizer.name": ["momentum"] * 3,
+            "optimizer.form": ["classical", "ema", "ema"],
+            "optimizer.bias_correction": [False, False, True],
+            "optimizer.lr": [3.16] * 3,
+            "optimizer.beta": [0.5] * 3,
+            "seed": [100] * 3,
+        }
+    )
+    protocol = report.proto.Protocol(
+        search=(),
+        yardstick="val/accuracy",
+        direction="maximize",
+        target=None,
+        keys=("optimizer.beta", "optimizer.lr"),
+    )
+    arms = report._with_arms(runs, protocol)["arm"].tolist()
+    assert arms == ["momentum/classical", "momentum/ema", "momentum/ema+bc"]
