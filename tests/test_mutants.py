@@ -63,7 +63,7 @@ MUTANTS = {
     ),
     "nesterov-look-ahead": (
         "bpexp/optimizer.py",
-        'w += np.multiply(v, opt.beta, out=state["scratch"])',
+        'w += np.multiply(v, self.beta, out=state["scratch"])',
         'w += np.multiply(v, 1.0, out=state["scratch"])',
         ["tests/test_optimizer.py"],
     ),

@@ -269,10 +269,11 @@ def test_full_disk_for_artifacts_fails_each_run_with_its_reason_and_the_sweep_go
     tmp_path, tmpfs
 ):
     """The artifacts of a SQLite store go to ./mlruns: a 64 KiB file system there fills up
-    with the first run's weights and plots."""
+    with the first run's weights and plots (asked for: tracking.plots=true)."""
     tmpfs(tmp_path / "mlruns", size="64k")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    out = run_cli(["-m", "seed=0,1", "trainer.epochs=2", f"tracking.uri={uri}"], tmp_path)
+    args = ["-m", "seed=0,1", "trainer.epochs=2", "tracking.plots=true", f"tracking.uri={uri}"]
+    out = run_cli(args, tmp_path)
     assert out.returncode == 1, out.stderr[-3000:]
     client, (parent,), children = sweep_runs(uri)
     assert len(children) == 2  # the second job ran after the first failed
