@@ -5,8 +5,8 @@ figure; nothing touches pyplot's global state, a screen or the process's backend
 draws on its own Agg canvas, so importing this module leaves a notebook's backend as it was.
 
 - one run (``RUN_PLOTS``, history columns ``metric, step, value``): :func:`loss_curves`,
-  :func:`grad_norms`, :func:`saturation`; :func:`save_run_plots` writes the three PNGs every
-  tracked run logs, reusing the figures of the previous run in the same process;
+  :func:`grad_norms`, :func:`saturation`; :func:`save_run_plots` writes the three PNGs a
+  tracked run logs with ``tracking.plots=true``;
 - a sweep (history columns ``run_id, metric, step, value, arm``; runs frames from
   :mod:`bpexp.analysis` with an ``arm`` column): :func:`arm_curves`, :func:`lr_sensitivity`,
   :func:`arm_grad_norms`, :func:`arm_saturation`;
@@ -34,9 +34,7 @@ def new_figure(width: float = 6.0, height: float = 4.0, **options: object) -> Fi
     (``fig.subplots(1, 2)``) for small multiples. ``options`` go to matplotlib's ``Figure``
     (``layout`` is "constrained" unless given)."""
     fig = Figure(figsize=(width, height), **{"layout": "constrained", **options})
-    # A canvas of its own: the figure draws without pyplot or a backend switch, and keeps one
-    # renderer, so that the text metrics and mathtext caches (keyed by renderer) hit when a
-    # kept figure draws again (save_run_plots): ~10 ms a run.
+    # A canvas of its own: the figure draws without pyplot or a backend switch.
     FigureCanvasAgg(fig)
     return fig
 
