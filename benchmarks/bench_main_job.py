@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
+
+from bench_sweep import cli, source_line  # same folder: python benchmarks/bench_main_job.py
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = {
@@ -33,32 +32,10 @@ VARIANTS = {
 }
 
 
-def commit() -> str:
-    head = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    )
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
-    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-
-
 def run(extra: list[str]) -> float:
+    """Seconds of one main job in a fresh folder (so a fresh store)."""
     with tempfile.TemporaryDirectory() as folder:
-        start = time.perf_counter()
-        out = subprocess.run(
-            [sys.executable, "-m", "bpexp", "sweep=optimizers", *extra],
-            cwd=folder,
-            capture_output=True,
-            text=True,
-        )
-        elapsed = time.perf_counter() - start
-        if out.returncode != 0:
-            raise SystemExit(f"main job failed ({extra}):\n{out.stderr[-3000:]}")
-        return elapsed
+        return cli(["sweep=optimizers", *extra], Path(folder))
 
 
 def main() -> None:
@@ -69,7 +46,7 @@ def main() -> None:
     args = parser.parse_args()
     names = args.variants.split(",")
     lines = [
-        f"bench_main_job: commit {commit()}, {args.rounds} rounds, python -m bpexp sweep=optimizers"
+        f"bench_main_job: {source_line()}, {args.rounds} rounds, python -m bpexp sweep=optimizers"
     ]
     print(lines[0], flush=True)
     times: dict[str, list[float]] = {name: [] for name in names}

@@ -29,7 +29,6 @@ from bpexp.optimizer import effective_step
 from bpexp.statistics import mean_std_ci
 
 KEY = "hydra.sweeper.protocol"
-STAGES = ("tune", "confirm")
 SAMPLERS = ("grid", "tpe")
 DIRECTIONS = ("maximize", "minimize")
 # Per-epoch metrics every run logs: a yardstick must have a value at each epoch (time to target).
@@ -69,19 +68,11 @@ class Protocol:
     sampler_seed: int = 0
     keys: tuple[str, ...] = field(default=())
 
-    def better(self, a: float, b: float) -> bool:
-        return a > b if self.direction == "maximize" else a < b
-
     def signed(self, value: float) -> float:
         """The yardstick as "higher is better"; NaN (no value) becomes -inf, the worst."""
         if value is None or not np.isfinite(value):
             return -math.inf
         return float(value) if self.direction == "maximize" else -float(value)
-
-    def reached(self, value: float) -> bool:
-        if self.target is None or value is None or not np.isfinite(value):
-            return False
-        return value >= self.target if self.direction == "maximize" else value <= self.target
 
 
 def _round(value: float, digits: int = 3) -> float:
