@@ -2,9 +2,11 @@
 
 The groups mirror the modules: ``network`` → :mod:`bpexp.network`, ``cost`` → :mod:`bpexp.cost`,
 ``optimizer`` → :mod:`bpexp.optimizer`, ``data`` → :mod:`bpexp.data`, ``trainer`` →
-:mod:`bpexp.trainer`, ``tracking`` → :mod:`bpexp.tracking`. Being structured configs, a wrong
-type or an unknown key fails at composition with a message naming the key; :func:`validate`
-then checks the values (ranges, allowed names, incompatible pairs) before anything runs.
+:mod:`bpexp.trainer`, ``tracking`` → :mod:`bpexp.tracking`; the ``optimizer`` and ``trainer``
+schemas are the core's own ``Optimizer`` and ``TrainerConfig``. Being structured configs, a
+wrong type or an unknown key fails at composition with a message naming the key; :func:`typed`
+then turns the composed config into these objects once, checking the values (ranges, allowed
+names, incompatible pairs) before anything runs.
 """
 
 from __future__ import annotations
