@@ -84,6 +84,27 @@ def test_failed_job_is_recorded_and_the_command_names_it(tmp_path, store_uri):
     assert len(children) == 1 and parents[0].info.status == "FAILED"
 
 
+def test_a_value_that_does_not_compose_stops_the_sweep_before_any_job(tmp_path, store_uri):
+    # The sweeper composes each distinct override once before launching (not every job): the
+    # bad value, in the last jobs only, must still stop the whole sweep before the first job.
+    proc = run_cli(
+        [
+            "-m",
+            "trainer.batch_size=10,20,oops",
+            "seed=0,1",
+            "trainer.epochs=1",
+            f"tracking.uri={store_uri}",
+        ],
+        tmp_path,
+    )
+    assert proc.returncode != 0
+    assert "trainer.batch_size" in proc.stderr and "oops" in proc.stderr
+    assert "epoch" not in proc.stdout  # nothing trained
+    _, parents, children = runs_by_kind(store_uri)
+    assert parents == [] and children == []  # and no run, not even a parent
+    assert not list(tmp_path.glob("multirun/*/*/results/*"))
+
+
 def test_error_during_training_marks_the_run_failed_with_traceback(store_uri, tmp_path):
     def broken_listener(record):
         if getattr(record, "epoch", 0) == 2:
