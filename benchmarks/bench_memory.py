@@ -12,6 +12,8 @@ import json
 import subprocess
 import sys
 
+from bench_sweep import source_line  # same folder: python benchmarks/bench_memory.py
+
 CASES = [
     ("digits", "float64", ["data=digits"]),
     ("digits", "float32", ["data=digits"]),
@@ -52,7 +54,7 @@ def main() -> None:
     from bpexp.datafiles import SYSTEM_FOLDERS
 
     has_fashion = (SYSTEM_FOLDERS["fashion_mnist"] / "train-images-idx3-ubyte.gz").is_file()
-    print("bench_memory: peak resident memory of a run (2 epochs, tracking off)")
+    print(f"bench_memory: peak resident memory of a run (2 epochs, tracking off); {source_line()}")
     header = f"{'data':14} {'dtype':8} {'X_train MB':>10} {'before MB':>9} {'peak MB':>8} "
     print(header + f"{'run MB':>7} {'run / X_train':>13}")
     for name, dtype, overrides in CASES:
