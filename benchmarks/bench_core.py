@@ -449,7 +449,7 @@ def real_data(dtype: str):
     return load_dataset("fashion_mnist", val_fraction=1 / 6, seed=SEED, dtype=dtype)
 
 
-def real_bpexp(epochs: int, dtype: str, shuffle: bool = True):
+def real_bpexp(epochs: int, dtype: str, shuffle: bool = True, seed: int = SEED):
     """``bpexp.run`` as a user calls it; per-epoch seconds from the epoch records' times."""
     import bpexp
     from bpexp.trainer import EpochRecord
@@ -470,7 +470,7 @@ def real_bpexp(epochs: int, dtype: str, shuffle: bool = True):
         f"trainer.shuffle={str(shuffle).lower()}",
         "trainer.instruments=false",
         "tracking.enabled=false",
-        f"seed={SEED}",
+        f"seed={seed}",
     ]
 
     def go() -> tuple[float, float]:

@@ -15,46 +15,20 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from pathlib import Path
 
-from bench_core import REAL_BATCH, REAL_LR  # same folder: python benchmarks/bench_float32.py
+from bench_core import REAL_BATCH, REAL_LR, real_bpexp  # same folder: python benchmarks/...
 from bench_sweep import source_line
 
-import bpexp
 from bpexp.datafiles import SYSTEM_FOLDERS
-from bpexp.trainer import EpochRecord
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def one_run(dtype: str, seed: int, epochs: int) -> tuple[float, float]:
-    """(test accuracy, median seconds an epoch) of one run."""
-    stamps: list[float] = []
-    result = bpexp.run(
-        [
-            "data=fashion_mnist",
-            "network.hidden=[100]",
-            "network.activation=relu",
-            "network.output_activation=softmax",
-            "network.init=xavier",
-            "cost=softmax_cross_entropy",
-            "optimizer=momentum",
-            f"optimizer.lr={REAL_LR}",
-            "optimizer.beta=0.9",
-            f"trainer.batch_size={REAL_BATCH}",
-            f"trainer.epochs={epochs}",
-            f"trainer.dtype={dtype}",
-            "trainer.instruments=false",
-            "tracking.enabled=false",
-            f"seed={seed}",
-        ],
-        listeners=[
-            lambda r: stamps.append(time.perf_counter()) if isinstance(r, EpochRecord) else None
-        ],
-    )
-    diffs = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
-    return result.metrics["test/accuracy"], statistics.median(diffs)
+    """(test accuracy, median seconds an epoch) of one run: bench_core's real-data bpexp run."""
+    seconds, accuracy = real_bpexp(epochs, dtype, seed=seed)()
+    return accuracy, seconds
 
 
 def main() -> None:
