@@ -19,12 +19,12 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from bpexp import config as config_module
-from bpexp.config import CONF_DIR, TrackingConfig, flatten, to_optimizer, validate
+from bpexp.config import CONF_DIR, Config, flatten, typed
 from bpexp.cost import Cost, get_cost
 from bpexp.data import Dataset, load_dataset
 from bpexp.errors import ConfigError
 from bpexp.network import Network, initialize, save_weights, weights
-from bpexp.optimizer import Optimizer, label
+from bpexp.optimizer import label
 from bpexp.rng import stream
 from bpexp.trainer import (
     EndRecord,
@@ -40,14 +40,14 @@ from bpexp.trainer import validate as validate_trainer
 
 @dataclass
 class Experiment:
-    """Everything one run needs, built and checked, before any run is created."""
+    """Everything one run needs, built and checked, before any run is created: ``cfg`` is the
+    typed config, whose ``optimizer`` is the core's Optimizer and ``trainer`` the loop's
+    TrainerConfig."""
 
-    cfg: DictConfig
+    cfg: Config
     data: Dataset
     net: Network
-    optimizer: Optimizer
     cost: Cost
-    trainer: TrainerConfig
     initial_weights: dict[str, np.ndarray]  # W1, b1, ..., WL, bL before any update
 
 
@@ -67,12 +67,12 @@ class Result:
 def build(cfg: DictConfig) -> Experiment:
     """Check the config and load what it names; raises ConfigError before anything runs.
 
-    Each check has one owner: the config (:func:`bpexp.config.validate`), the optimizer and the
-    cost (their constructors), the data loader, the trainer (sizes that need the data) and the
-    network (activations, initialisation, the init file).
+    The config is turned into typed objects here, once (:func:`bpexp.config.typed`); everything
+    after reads them. Each check has one owner: the config (:func:`bpexp.config.validate`), the
+    optimizer and the cost (their constructors), the data loader, the trainer (sizes that need
+    the data) and the network (activations, initialisation, the init file).
     """
-    validate(cfg)
-    optimizer = to_optimizer(cfg.optimizer)
+    cfg = typed(cfg)
     cost = get_cost(cfg.cost.name, cfg.network.output_activation)
     d = cfg.data
     data = load_dataset(
@@ -91,15 +91,14 @@ def build(cfg: DictConfig) -> Experiment:
             f"cost.name={cost.name!r} needs class labels, but data.name={d.name!r} has "
             "real-valued targets; use cost=quadratic (with network.output_activation=linear)"
         )
-    trainer_cfg = TrainerConfig(**OmegaConf.to_container(cfg.trainer, resolve=True))
-    validate_trainer(trainer_cfg, data.X_train.shape[0])
+    validate_trainer(cfg.trainer, data.X_train.shape[0])
     sizes = [data.n_inputs, *cfg.network.hidden, data.n_outputs]
     net = Network(sizes, cfg.network.activation, cfg.network.output_activation, cfg.trainer.dtype)
     initialize(net, cfg.network.init, stream(cfg.seed, "init"), cfg.network.init_path)
-    return Experiment(cfg, data, net, optimizer, cost, trainer_cfg, weights(net))
+    return Experiment(cfg, data, net, cost, weights(net))
 
 
-def run_name(cfg: DictConfig) -> str:
+def run_name(cfg: Config) -> str:
     """A name readable in the UI's run list: ``nesterov lr=0.5 beta=0.9 seed=1``."""
     opt = cfg.optimizer
     parts = [label(opt.name, opt.form, opt.bias_correction), f"lr={opt.lr:g}"]
@@ -175,24 +174,24 @@ def execute(
     bpexp``) marks it KILLED, with the metrics logged so far kept.
     """
     exp = build(cfg)
-    flat = flatten(cfg)
+    cfg = exp.cfg  # the typed config from here on
     n_train = exp.data.X_train.shape[0]
-    steps_per_epoch = -(-n_train // (exp.trainer.batch_size or n_train))
-    tracking = TrackingConfig(**OmegaConf.to_container(cfg.tracking, resolve=True))
-    listeners = [*(listeners or []), *([Printer(exp.trainer.epochs)] if echo else [])]
+    steps_per_epoch = -(-n_train // (cfg.trainer.batch_size or n_train))
+    tracking = cfg.tracking
+    listeners = [*(listeners or []), *([Printer(cfg.trainer.epochs)] if echo else [])]
 
     def train_it(extra: list[Listener]) -> tuple[Result, dict[str, str]]:
         result = train(
             exp.net,
-            exp.optimizer,
+            cfg.optimizer,
             exp.cost,
             exp.data,
-            exp.trainer,
+            cfg.trainer,
             cfg.seed,
             _fan_out([*listeners, *extra]),
             tracking.log_every_n_steps,
         )
-        warnings = run_warnings(result, exp.trainer)
+        warnings = run_warnings(result, cfg.trainer)
         if echo:
             for key, text in warnings.items():
                 print(f"{key}: {text}", file=sys.stderr, flush=True)
@@ -214,6 +213,7 @@ def execute(
     client = tr.connect(uri, tracking.timeout_seconds)
     experiment_id = tr.ensure_experiment(client, tracking.experiment)
     parent_run_id = parent(client, experiment_id) if parent else None
+    flat = flatten(cfg)
     digest = tr.config_hash(flat)
     done = None if cfg.force else tr.finished_run(client, experiment_id, digest)
     if done is not None:
@@ -248,7 +248,7 @@ def execute(
             )
         out, warnings = train_it([log])
         out.run_id = log.run_id
-        _log_run_artifacts(log, cfg, exp, tracking.plots)
+        _log_run_artifacts(log, exp, tracking.plots)
         log.outcome, log.end_tags = out.outcome, warnings
     if echo:
         print(
@@ -273,14 +273,14 @@ def run_warnings(result: TrainResult, trainer: TrainerConfig) -> dict[str, str]:
     }
 
 
-def _log_run_artifacts(logger, cfg: DictConfig, exp: Experiment, plots: bool) -> None:
+def _log_run_artifacts(logger, exp: Experiment, plots: bool) -> None:
     """config.yaml, weights/initial.npz, weights/final.npz, history.parquet and the plots."""
     history = pd.DataFrame(logger.rows, columns=["metric", "step", "value"])
     history.insert(0, "run_id", logger.run_id)
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         (tmp_path / "weights").mkdir()
-        (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(exp.cfg))
         save_weights(weights(exp.net), tmp_path / "weights" / "final.npz")
         save_weights(exp.initial_weights, tmp_path / "weights" / "initial.npz")
         history.to_parquet(tmp_path / "history.parquet", index=False)

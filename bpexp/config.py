@@ -2,9 +2,11 @@
 
 The groups mirror the modules: ``network`` → :mod:`bpexp.network`, ``cost`` → :mod:`bpexp.cost`,
 ``optimizer`` → :mod:`bpexp.optimizer`, ``data`` → :mod:`bpexp.data`, ``trainer`` →
-:mod:`bpexp.trainer`, ``tracking`` → :mod:`bpexp.tracking`. Being structured configs, a wrong
-type or an unknown key fails at composition with a message naming the key; :func:`validate`
-then checks the values (ranges, allowed names, incompatible pairs) before anything runs.
+:mod:`bpexp.trainer`, ``tracking`` → :mod:`bpexp.tracking`; the ``optimizer`` and ``trainer``
+schemas are the core's own ``Optimizer`` and ``TrainerConfig``. Being structured configs, a
+wrong type or an unknown key fails at composition with a message naming the key; :func:`typed`
+then turns the composed config into these objects once, checking the values (ranges, allowed
+names, incompatible pairs) before anything runs.
 """
 
 from __future__ import annotations
@@ -44,18 +46,6 @@ class CostConfig:
 
 
 @dataclass
-class OptimizerConfig:
-    name: str = "sgd"
-    lr: float = 3.0
-    beta: float = 0.9
-    form: str = "classical"
-    bias_correction: bool = False
-    beta2: float = 0.999
-    eps: float = 1e-8
-    weight_decay: float = 0.0  # λ: cost C + λ/(2n) Σ‖W‖², n = training-set size
-
-
-@dataclass
 class DataConfig:
     name: str = "digits"
     path: str | None = None
@@ -80,7 +70,7 @@ class TrackingConfig:
 class Config:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     cost: CostConfig = field(default_factory=CostConfig)
-    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    optimizer: Optimizer = field(default_factory=lambda: Optimizer("sgd", 3.0))
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -100,7 +90,12 @@ def register() -> None:
 
     from hydra_plugins.bpexp_sweeper.bpexp_sweeper import BpexpSweeper
 
-    ConfigStore.instance().store(name="bpexp_schema", node=Config)
+    schema = OmegaConf.structured(Config)
+    # Optimizer is frozen (its rule is derived once from its fields), which OmegaConf turns
+    # into a read-only node that the yaml files and overrides could not fill; the schema's
+    # node is made writable, and :func:`typed` builds the frozen object from it.
+    OmegaConf.set_readonly(schema.optimizer, False)
+    ConfigStore.instance().store(name="bpexp_schema", node=schema)
     Plugins.instance().register(BpexpSweeper)
     OmegaConf.register_new_resolver("bpexp_sweeps", lambda: SWEEPS_DIR.as_posix(), replace=True)
 
@@ -155,21 +150,21 @@ def check_command_line(args: Sequence[str]) -> None:
         raise SystemExit(2) from None
 
 
-def to_optimizer(cfg: OptimizerConfig | DictConfig) -> Optimizer:
-    """The core's :class:`~bpexp.optimizer.Optimizer` for ``cfg.optimizer`` (validates it)."""
-    return Optimizer(
-        name=cfg.name,
-        lr=cfg.lr,
-        beta=cfg.beta,
-        form=cfg.form,
-        bias_correction=cfg.bias_correction,
-        beta2=cfg.beta2,
-        eps=cfg.eps,
-        weight_decay=cfg.weight_decay,
-    )
+def typed(cfg: DictConfig) -> Config:
+    """The composed config as typed objects (``OmegaConf.to_object``), checked; raises
+    ConfigError naming the key.
+
+    Building ``cfg.optimizer`` as the core's :class:`~bpexp.optimizer.Optimizer` validates it;
+    :func:`validate` checks the rest that only the configuration knows.
+    """
+    if OmegaConf.is_missing(cfg.data, "path"):
+        raise ConfigError(f"data.name={cfg.data.name!r} needs data.path: the file to read")
+    out = OmegaConf.to_object(cfg)
+    validate(out)
+    return out
 
 
-def validate(cfg: Config | DictConfig) -> None:
+def validate(cfg: Config) -> None:
     """Check what only the configuration knows; raises ConfigError naming the key.
 
     The other checks belong to the pieces they concern and run in :func:`bpexp.app.build`,
@@ -180,8 +175,6 @@ def validate(cfg: Config | DictConfig) -> None:
     for i, n in enumerate(cfg.network.hidden):
         if n < 1:
             raise bad_value(f"network.hidden[{i}]", n, "layer sizes >= 1")
-    if OmegaConf.is_missing(cfg.data, "path"):
-        raise ConfigError(f"data.name={cfg.data.name!r} needs data.path: the file to read")
     stride = cfg.tracking.log_every_n_steps
     if stride is not None and stride < 1:
         raise bad_value("tracking.log_every_n_steps", stride, "null (automatic) or >= 1")
@@ -189,8 +182,10 @@ def validate(cfg: Config | DictConfig) -> None:
         raise bad_value("tracking.timeout_seconds", cfg.tracking.timeout_seconds, "a number > 0")
 
 
-def flatten(cfg: DictConfig | dict, prefix: str = "") -> dict[str, object]:
+def flatten(cfg: Config | DictConfig | dict, prefix: str = "") -> dict[str, object]:
     """The resolved config as dotted keys: ``{"optimizer.lr": 0.5, "network.hidden": [30]}``."""
+    if isinstance(cfg, Config):
+        cfg = OmegaConf.structured(cfg)
     container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
     out: dict[str, object] = {}
     for key, value in container.items():

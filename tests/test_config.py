@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import FrozenInstanceError
+
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
@@ -11,6 +13,7 @@ from omegaconf import OmegaConf
 from bpexp import config
 from bpexp.app import build
 from bpexp.errors import ConfigError
+from bpexp.optimizer import Optimizer
 
 GROUPS = ["network", "cost", "optimizer", "data", "trainer", "tracking"]
 SWEEPS = sorted(p.stem for p in (config.SWEEPS_DIR / "sweep").glob("*.yaml"))
@@ -96,10 +99,14 @@ def test_every_option_composes(composer, group, option, tmp_path):
     if group == "data" and option == "file":
         overrides.append(f"data.path={tmp_path / 'mine.npz'}")
     cfg = composer(overrides)
-    config.validate(cfg)
+    typed = config.typed(cfg)
     assert OmegaConf.select(cfg, group) is not None
+    # The typed objects hold the composed values: the logged params are the same from either.
+    assert list(config.flatten(typed).items()) == list(config.flatten(cfg).items())
     if group == "optimizer":
-        assert cfg.optimizer.name in ("sgd", "momentum", "nesterov", "rmsprop", "adam")
+        assert isinstance(typed.optimizer, Optimizer) and typed.optimizer.name == cfg.optimizer.name
+        with pytest.raises(FrozenInstanceError):  # the rule was derived from these fields
+            typed.optimizer.lr = 1.0
 
 
 @pytest.mark.parametrize("name", SWEEPS)
@@ -108,7 +115,7 @@ def test_every_sweep_composes(composer, name):
     assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
     params = cfg.hydra.sweeper.params
     assert params, name
-    config.validate(cfg)
+    config.typed(composer([f"sweep={name}"]))
 
 
 def test_optimizers_sweep_is_big_enough(composer):
@@ -137,7 +144,7 @@ def test_sweep_files_are_global_packages():
 def test_pixels_sweep_builds_the_12_pixel_network(composer):
     exp = build(composer(["sweep=pixels3x4"]))
     assert exp.net.sizes == (12, 3, 2)
-    assert exp.data.X_train.shape == (64, 12) and exp.trainer.batch_size is None  # full batch
+    assert exp.data.X_train.shape == (64, 12) and exp.cfg.trainer.batch_size is None  # full batch
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
+from omegaconf import OmegaConf
 
 import bpexp
 from bpexp.app import build, compose
@@ -31,6 +32,52 @@ LAYER_METRICS = [
 ]
 
 
+# The params of the run below (nesterov, lr 0.5, seed 1, 3 epochs), tracking.uri apart.
+LOGGED_PARAMS = {
+    "cost.name": "quadratic",
+    "data.cache_dir": "null",
+    "data.n_samples": "null",
+    "data.n_train": "1294",
+    "data.name": "digits",
+    "data.path": "null",
+    "data.test_fraction": "0.2",
+    "data.url": "null",
+    "data.val_fraction": "0.1",
+    "force": "False",
+    "network.activation": "sigmoid",
+    "network.hidden": "[30]",
+    "network.init": "normal",
+    "network.init_path": "null",
+    "network.output_activation": "sigmoid",
+    "network.sizes": "[64, 30, 10]",
+    "optimizer.beta": "0.9",
+    "optimizer.beta2": "0.999",
+    "optimizer.bias_correction": "False",
+    "optimizer.eps": "1e-08",
+    "optimizer.form": "classical",
+    "optimizer.lr": "0.5",
+    "optimizer.name": "nesterov",
+    "optimizer.weight_decay": "0.0",
+    "seed": "1",
+    "tracking.enabled": "True",
+    "tracking.experiment": "bpexp",
+    "tracking.log_every_n_steps": "20",
+    "tracking.plots": "True",
+    "tracking.timeout_seconds": "10.0",
+    "trainer.batch_size": "10",
+    "trainer.dtype": "float64",
+    "trainer.epochs": "3",
+    "trainer.eval_train_rows": "10000",
+    "trainer.instruments": "True",
+    "trainer.max_loss": "1000000.0",
+    "trainer.probe_size": "256",
+    "trainer.saturation_epsilon": "0.01",
+    "trainer.sharpness_every": "15",
+    "trainer.sharpness_iterations": "20",
+    "trainer.shuffle": "True",
+}
+
+
 def only_run(uri: str):
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name("bpexp")
@@ -40,26 +87,27 @@ def only_run(uri: str):
 
 
 def test_run_holds_name_params_tags_metrics_and_artifacts(store_uri, tmp_path):
-    result = bpexp.run(
-        [
-            f"tracking.uri={store_uri}",
-            "trainer.epochs=3",
-            "optimizer=nesterov",
-            "optimizer.lr=0.5",
-            "seed=1",
-            "tracking.log_every_n_steps=20",
-            "tracking.plots=true",  # the per-run PNGs are opt-in
-        ]
-    )
+    overrides = [
+        f"tracking.uri={store_uri}",
+        "trainer.epochs=3",
+        "optimizer=nesterov",
+        "optimizer.lr=0.5",
+        "seed=1",
+        "tracking.log_every_n_steps=20",
+        "tracking.plots=true",  # the per-run PNGs are opt-in
+    ]
+    result = bpexp.run(overrides)
     client, run = only_run(store_uri)
     assert run.info.run_id == result.run_id
     assert run.info.run_name == "nesterov lr=0.5 beta=0.9 seed=1"
     assert run.info.status == "FINISHED"
-    params = run.data.params
-    assert params["optimizer.lr"] == "0.5" and params["optimizer.name"] == "nesterov"
-    assert params["network.hidden"] == "[30]" and params["network.sizes"] == "[64, 30, 10]"
-    assert params["seed"] == "1" and params["data.name"] == "digits"
+    # Every param, key and value as MLflow stores it, and the config hash that recognises the
+    # job in an existing store: both are contracts with the runs already in users' stores.
+    assert run.data.params == {**LOGGED_PARAMS, "tracking.uri": store_uri}
     tags = run.data.tags
+    assert tags["bpexp.config_hash"] == (
+        "7c2c5bfe834b2d7fa6213dd49fee80bcddacb0eb1502ef429b325b6ad3f3679a"
+    )
     assert tags["outcome"] == "completed" and tags["optimizer"] == "nesterov"
     assert tags["bpexp.version"] == bpexp.__version__ and tags["numpy.version"] == np.__version__
 
@@ -94,7 +142,9 @@ def test_run_holds_name_params_tags_metrics_and_artifacts(store_uri, tmp_path):
         assert np.array_equal(initial["W1"], expected_initial.W[0])
     with np.load(folder / "weights" / "final.npz") as final:
         assert np.array_equal(final["W2"], result.weights["W2"])
-    assert "lr: 0.5" in (folder / "config.yaml").read_text()
+    # config.yaml is the composed config, resolved, as Hydra gave it.
+    composed = OmegaConf.to_yaml(compose(overrides), resolve=True)
+    assert "lr: 0.5" in composed and (folder / "config.yaml").read_text() == composed
     assert (folder / "plots" / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # The number of points logged equals what the run produced, and history.parquet holds them.
