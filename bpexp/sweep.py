@@ -255,7 +255,8 @@ def _on_job_signal(signum: int, frame: object) -> None:
     if _stop["stopping"]:
         return
     _stop["stopping"] = signum
-    if _stop["in_job"]:
+    tracking = sys.modules.get("bpexp.tracking")  # no store write without it
+    if _stop["in_job"] and not (tracking and tracking.defer_interrupt()):
         raise KeyboardInterrupt
 
 

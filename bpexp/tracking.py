@@ -243,6 +243,34 @@ def git_commit() -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+# A stop signal must not interrupt a write to the store: on SQLite the transaction would be
+# left open with its lock held, and every other job of the sweep would then fail to close its
+# run ("database is locked"). While a write is in progress a job's signal handler only asks
+# for the interrupt (defer_interrupt), and the write raises it once it is done.
+_store_write = {"busy": False, "deferred": False}
+
+
+@contextmanager
+def _uninterrupted_write() -> Iterator[None]:
+    _store_write["busy"] = True
+    try:
+        yield
+    finally:
+        _store_write["busy"] = False
+    if _store_write["deferred"]:
+        _store_write["deferred"] = False
+        raise KeyboardInterrupt
+
+
+def defer_interrupt() -> bool:
+    """Called by a signal handler about to raise KeyboardInterrupt: True if a store write is in
+    progress, which then raises it itself when done."""
+    if _store_write["busy"]:
+        _store_write["deferred"] = True
+        return True
+    return False
+
+
 def _chunks(items: list, size: int) -> Iterable[list]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -290,7 +318,8 @@ class RunLogger:
         pending, tags = self._pending, tags or []
         if pending or tags:
             # The client splits at MLflow's limits itself: tags, then metrics, <= 1000 a call.
-            self.client.log_batch(self.run_id, metrics=pending, tags=tags, synchronous=True)
+            with _uninterrupted_write():
+                self.client.log_batch(self.run_id, metrics=pending, tags=tags, synchronous=True)
         self.points_logged += len(pending)
         self._pending = []
         self._last_flush = time.monotonic()

@@ -405,3 +405,19 @@ def test_per_run_plots_are_drawn_only_when_asked(store_uri):
     client, run = only_run(store_uri)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert "plots" not in artifacts and "history.parquet" in artifacts
+
+
+def test_a_stop_signal_during_a_store_write_is_raised_after_it():
+    # A KeyboardInterrupt inside an SQLite transaction leaves its lock held, and the other jobs
+    # of a parallel sweep cannot close their runs: the write finishes first, then raises.
+    from bpexp import tracking
+
+    assert tracking.defer_interrupt() is False  # no write in progress: raise at once
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with tracking._uninterrupted_write():
+            assert tracking.defer_interrupt() is True
+            done.append("write finished")
+    assert done == ["write finished"]
+    with tracking._uninterrupted_write():  # the deferral was used up
+        pass
