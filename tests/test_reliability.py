@@ -106,8 +106,12 @@ def test_commands_started_together_on_a_fresh_folder_all_succeed(tmp_path, attem
     assert not list(tmp_path.glob(".mlflow.db.*.tmp"))  # the store built aside was moved in
 
 
-def wait_for_training_runs(uri: str, count: int, proc: subprocess.Popen, seconds: float = 240):
-    """Wait until ``count`` runs of the store are RUNNING with a logged epoch."""
+def wait_for_training_runs(
+    uri: str, count: int, proc: subprocess.Popen, seconds: float = 240, epochs: str | None = None
+):
+    """Wait until ``count`` runs of the store are RUNNING with a logged epoch (and, if
+    ``epochs`` is given, that ``trainer.epochs``: a short run is RUNNING with its points for
+    a moment before it ends, and must not be taken for the long one)."""
     client = MlflowClient(tracking_uri=uri)
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -115,7 +119,12 @@ def wait_for_training_runs(uri: str, count: int, proc: subprocess.Popen, seconds
         experiment = client.get_experiment_by_name("bpexp")
         if experiment is not None:
             runs = client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'")
-            training = [r for r in runs if "train/loss" in r.data.metrics]
+            training = [
+                r
+                for r in runs
+                if "train/loss" in r.data.metrics
+                and epochs in (None, r.data.params.get("trainer.epochs"))
+            ]
             if len(training) >= count:
                 return
         time.sleep(0.5)
@@ -197,7 +206,7 @@ def test_runs_of_a_killed_sweep_are_closed_as_interrupted_when_it_resumes(tmp_pa
     args = ["-m", "trainer.epochs=2,3000", "tracking.plots=false", f"tracking.uri={store_uri}"]
     proc = popen_cli(args, tmp_path)
     try:
-        wait_for_training_runs(store_uri, 1, proc)
+        wait_for_training_runs(store_uri, 1, proc, epochs="3000")
         client, (parent,), children = sweep_runs(store_uri)
         assert close_stale_runs(client, "1") == []  # alive: left alone
         os.killpg(proc.pid, signal.SIGKILL)  # as kill -9, or a lost node: nothing is closed
