@@ -57,7 +57,11 @@ def _on_stop_signal(signum: int, frame: object) -> None:
     if sweep.stop_jobs(signum):
         print(f"\n{signal.Signals(signum).name}: stopping the sweep's jobs", file=sys.stderr)
         return
-    raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+    stop = Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+    tracking = sys.modules.get("bpexp.tracking")  # no store write without it
+    if tracking and tracking.defer_interrupt(stop):
+        return  # a store write is in progress: it raises once done
+    raise stop
 
 
 def _exit_code(signum: int) -> int:

@@ -245,28 +245,29 @@ def git_commit() -> str | None:
 
 # A stop signal must not interrupt a write to the store: on SQLite the transaction would be
 # left open with its lock held, and every other job of the sweep would then fail to close its
-# run ("database is locked"). While a write is in progress a job's signal handler only asks
-# for the interrupt (defer_interrupt), and the write raises it once it is done.
-_store_write = {"busy": False, "deferred": False}
+# run ("database is locked"). While a write is in progress a signal handler only asks for the
+# interrupt (defer_interrupt), and the outermost write raises it once it is done.
+_store_write: dict = {"depth": 0, "deferred": None}
 
 
 @contextmanager
 def _uninterrupted_write() -> Iterator[None]:
-    _store_write["busy"] = True
+    _store_write["depth"] += 1
     try:
         yield
     finally:
-        _store_write["busy"] = False
-    if _store_write["deferred"]:
-        _store_write["deferred"] = False
-        raise KeyboardInterrupt
+        _store_write["depth"] -= 1
+    deferred = _store_write["deferred"]
+    if deferred is not None and _store_write["depth"] == 0:
+        _store_write["deferred"] = None
+        raise deferred()
 
 
-def defer_interrupt() -> bool:
-    """Called by a signal handler about to raise KeyboardInterrupt: True if a store write is in
+def defer_interrupt(exc_type: type[BaseException] = KeyboardInterrupt) -> bool:
+    """Called by a signal handler about to raise ``exc_type``: True if a store write is in
     progress, which then raises it itself when done."""
-    if _store_write["busy"]:
-        _store_write["deferred"] = True
+    if _store_write["depth"]:
+        _store_write["deferred"] = exc_type
         return True
     return False
 
@@ -391,13 +392,14 @@ def end_run(logger: RunLogger, outcome: str, extra_tags: dict[str, str] | None =
         raise ValueError(f"outcome {outcome!r} not in {OUTCOMES}")
     tags = [RunTag("outcome", outcome)] + [RunTag(k, v) for k, v in (extra_tags or {}).items()]
     sent = False
-    try:
-        logger.flush(tags)
-        sent = True
-    finally:
-        if not sent:
-            logger.client.log_batch(logger.run_id, tags=tags, synchronous=True)
-        logger.client.set_terminated(logger.run_id, status=STATUS[outcome])
+    with _uninterrupted_write():  # a stop signal meanwhile is raised once the run is closed
+        try:
+            logger.flush(tags)
+            sent = True
+        finally:
+            if not sent:
+                logger.client.log_batch(logger.run_id, tags=tags, synchronous=True)
+            logger.client.set_terminated(logger.run_id, status=STATUS[outcome])
 
 
 @contextmanager
@@ -429,18 +431,25 @@ def tracked_run(
     all_tags |= process_tags()
     if parent_run_id:
         all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
-    run = client.create_run(experiment_id, tags=all_tags, run_name=run_name)
     param_list = [Param(k, _param_value(v)) for k, v in params.items()]
-    for chunk in _chunks(param_list, 100):
-        client.log_batch(run.info.run_id, params=chunk, synchronous=True)
-    logger = RunLogger(client, run.info.run_id)
+    logger = None
     try:
+        # A stop signal while the run is created is raised once it is (then closed KILLED).
+        with _uninterrupted_write():
+            run = client.create_run(experiment_id, tags=all_tags, run_name=run_name)
+            logger = RunLogger(client, run.info.run_id)
+            for chunk in _chunks(param_list, 100):
+                client.log_batch(run.info.run_id, params=chunk, synchronous=True)
         yield logger
     except KeyboardInterrupt as exc:
+        if logger is None:
+            raise
         exc.run_id = logger.run_id  # for the sweep's summary row of this job
         _close_quietly(logger, "interrupted")
         raise
     except Exception:
+        if logger is None:
+            raise
         _close_quietly(logger, "failed", traceback.format_exc())
         raise
     end_run(logger, logger.outcome, logger.end_tags)

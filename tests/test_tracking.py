@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import signal
 import socket
 import time
 from pathlib import Path
@@ -421,3 +423,80 @@ def test_a_stop_signal_during_a_store_write_is_raised_after_it():
     assert done == ["write finished"]
     with tracking._uninterrupted_write():  # the deferral was used up
         pass
+    # Writes nest (a run's end flushes, then sets its status): only the outermost one raises,
+    # and what it raises is what the handler asked for (SIGTERM's Terminated).
+    from bpexp.__main__ import Terminated
+
+    with pytest.raises(Terminated):
+        with tracking._uninterrupted_write():
+            with tracking._uninterrupted_write():
+                assert tracking.defer_interrupt(Terminated) is True
+            done.append("inner write finished, nothing raised")
+    assert done[-1] == "inner write finished, nothing raised"
+
+
+class SignalledClient(MlflowClient):
+    """A real client to a real store that gets a real SIGINT of its own process right after
+    the ``call``-th call of one of its writes (``method``), as a Ctrl-C landing in the middle
+    of that write would."""
+
+    def __init__(self, uri: str, method: str, call: int) -> None:
+        super().__init__(tracking_uri=uri)
+        self.method, self.calls_left = method, call
+
+    def __getattribute__(self, name: str):
+        attribute = super().__getattribute__(name)
+        if name != object.__getattribute__(self, "method"):
+            return attribute
+
+        def write_then_signal(*args, **kwargs):
+            result = attribute(*args, **kwargs)
+            self.calls_left -= 1
+            if self.calls_left == 0:
+                os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):  # Python runs the handler between two bytecodes
+                pass
+            return result
+
+        return write_then_signal
+
+
+@pytest.mark.parametrize(
+    "method, call, status, steps",
+    [
+        ("create_run", 1, "KILLED", []),
+        ("log_batch", 1, "KILLED", []),  # its params
+        ("log_batch", 2, "KILLED", [0]),  # the points of epoch 0
+        ("set_terminated", 1, "FINISHED", [0, 1]),  # it had ended when the signal came
+    ],
+)
+def test_ctrl_c_during_any_write_of_a_run_closes_it_and_leaves_the_store_usable(
+    store_uri, method, call, status, steps
+):
+    """``python -m bpexp``'s own Ctrl-C handler, a real signal: whether it lands while the run
+    is created, its params or points are sent, or its status is set, the run ends closed (KILLED
+    if it had not ended yet) and the store takes the next write."""
+    from bpexp.__main__ import _on_stop_signal
+    from bpexp.sweep import _stop
+    from bpexp.tracking import ensure_experiment, tracked_run
+
+    client = SignalledClient(store_uri, method, call)
+    experiment_id = ensure_experiment(MlflowClient(tracking_uri=store_uri), "bpexp")
+    previous = signal.signal(signal.SIGINT, _on_stop_signal)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with tracked_run(client, experiment_id, "r", {"seed": 0}, {}) as logger:
+                logger(EpochRecord(epoch=0, metrics={"train/loss": 1.0}))
+                logger.flush()
+                logger(EpochRecord(epoch=1, metrics={"train/loss": 0.5}))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        _stop["stopping"] = 0  # the handler marked this process as stopping
+    plain = MlflowClient(tracking_uri=store_uri)
+    (run,) = plain.search_runs([experiment_id])
+    assert run.info.status == status, run.data.tags
+    assert run.data.params == {"seed": "0"}
+    logged = [m.step for m in plain.get_metric_history(run.info.run_id, "train/loss")]
+    assert logged == steps
+    plain.set_tag(run.info.run_id, "after", "yes")  # not locked
+    assert plain.get_run(run.info.run_id).data.tags["after"] == "yes"
