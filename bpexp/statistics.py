@@ -149,7 +149,8 @@ def compare(
     ``metric`` ranks (the yardstick): higher is better for an accuracy, lower for anything else,
     unless ``direction`` ("maximize" or "minimize") says otherwise. Ranking by a loss across
     arms whose ``cost.name`` differs raises ValueError: losses of different costs are different
-    quantities. The ``ranked_by`` column says which metric ranked the table.
+    quantities. The ``ranked_by`` column says which metric ranked the table. A frame with both
+    stages of a protocol sweep (``stage`` tune and confirm) raises ValueError too: compare one.
 
     An arm is a value of the ``by`` columns (plus ``optimizer.bias_correction`` when it
     varies); a setting a value of the ``over`` columns. The best setting has the lowest mean of
@@ -182,6 +183,13 @@ def compare(
         raise ValueError(
             f"metric={metric!r} would rank runs with different costs ({costs}) by their losses, "
             "which are different quantities; rank by an accuracy (metric='val/accuracy')"
+        )
+    stages = set(runs_frame["stage"].dropna()) if "stage" in runs_frame.columns else set()
+    if {"tune", "confirm"} <= stages:
+        raise ValueError(
+            "the runs frame mixes a protocol's tune and confirm runs, whose seeds differ: pass "
+            "runs[runs['stage'] == 'confirm'] for its answer (fresh seeds at each arm's chosen "
+            "setting), or runs[runs['stage'] == 'tune'] for the search"
         )
     if (target_loss is not None or target_accuracy is not None) and history_frame is None:
         raise ValueError("target_loss / target_accuracy need history_frame (analysis.history)")

@@ -255,6 +255,15 @@ def _synthetic() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def test_compare_refuses_a_protocol_sweeps_tune_and_confirm_runs_together():
+    frame = _synthetic()
+    frame["stage"] = ["tune"] * (len(frame) - 1) + ["confirm"]
+    with pytest.raises(ValueError, match=r"mixes a protocol's tune and confirm runs"):
+        analysis.compare(frame, metric="val/loss")
+    confirm = analysis.compare(frame[frame["stage"] == "confirm"], metric="val/loss")
+    assert list(confirm["arm"]) == ["sgd"] and confirm["val/loss_mean"].item() == 0.5
+
+
 def test_compare_counts_divergence_and_pairs_only_shared_seeds():
     table = analysis.compare(_synthetic(), metric="val/loss").set_index("arm")
     assert list(table.index) == ["momentum/ema+bc", "momentum/ema", "sgd"]
