@@ -462,7 +462,7 @@ def _sensitivity_figure(tune: pd.DataFrame, protocol: proto.Protocol) -> plots.F
     right.set_title("against the effective step η/(1−β) (η for SGD, EMA)")
     right.set_ylabel("")
     handles, labels = left.get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside right upper", fontsize="small")
+    fig.legend(handles, labels, loc="outside lower center", ncols=len(labels), fontsize="small")
     return fig
 
 
