@@ -108,10 +108,10 @@ def test_commands_started_together_on_a_fresh_folder_all_succeed(tmp_path, attem
 
 def wait_for_training_runs(
     uri: str, count: int, proc: subprocess.Popen, seconds: float = 240, epochs: str | None = None
-):
-    """Wait until ``count`` runs of the store are RUNNING with a logged epoch (and, if
-    ``epochs`` is given, that ``trainer.epochs``: a short run is RUNNING with its points for
-    a moment before it ends, and must not be taken for the long one)."""
+) -> list[str]:
+    """The ids of the runs, once ``count`` runs of the store are RUNNING with a logged epoch
+    (and, if ``epochs`` is given, that ``trainer.epochs``: a short run is RUNNING with its
+    points for a moment before it ends, and must not be taken for the long one)."""
     client = MlflowClient(tracking_uri=uri)
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -126,7 +126,7 @@ def wait_for_training_runs(
                 and epochs in (None, r.data.params.get("trainer.epochs"))
             ]
             if len(training) >= count:
-                return
+                return [r.info.run_id for r in training]
         time.sleep(0.5)
     raise AssertionError(f"{count} runs not training after {seconds} s:\n{output(proc)[-3000:]}")
 
@@ -150,7 +150,7 @@ def test_signal_to_the_process_group_stops_a_parallel_sweep(tmp_path, store_uri,
     args = [*LONG_SWEEP, f"hydra/launcher={launcher}", "tracking.plots=false"]
     proc = popen_cli([*args, f"tracking.uri={store_uri}"], tmp_path)
     try:
-        wait_for_training_runs(store_uri, 2, proc)
+        training = wait_for_training_runs(store_uri, 2, proc)
         time.sleep(1.0)  # a few epochs more
         os.killpg(proc.pid, sig)
         start = time.monotonic()
@@ -166,7 +166,10 @@ def test_signal_to_the_process_group_stops_a_parallel_sweep(tmp_path, store_uri,
     assert {r.data.tags["outcome"] for r in children} == {"interrupted"}
     for run in children:  # every point up to the signal is kept, none of 3000 epochs done
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
-        assert 1 <= len(steps) < 3000 and steps == list(range(len(steps)))
+        assert len(steps) < 3000 and steps == list(range(len(steps)))
+        # A job that was still starting (submitit starts all six at once) may have been stopped
+        # before its first epoch; those seen training had points.
+        assert len(steps) >= 1 or run.info.run_id not in training
     (summary,) = tmp_path.glob("multirun/*/*/summary.csv")
     table = pd.read_csv(summary)
     assert set(table["outcome"]) == {"interrupted"}
