@@ -58,8 +58,7 @@ def _on_stop_signal(signum: int, frame: object) -> None:
         print(f"\n{signal.Signals(signum).name}: stopping the sweep's jobs", file=sys.stderr)
         return
     stop = Terminated if signum == signal.SIGTERM else KeyboardInterrupt
-    tracking = sys.modules.get("bpexp.tracking")  # no store write without it
-    if tracking and tracking.defer_interrupt(stop):
+    if sweep.store_write_defers(stop):
         return  # a store write is in progress: it raises once done
     raise stop
 

@@ -255,9 +255,15 @@ def _on_job_signal(signum: int, frame: object) -> None:
     if _stop["stopping"]:
         return
     _stop["stopping"] = signum
-    tracking = sys.modules.get("bpexp.tracking")  # no store write without it
-    if _stop["in_job"] and not (tracking and tracking.defer_interrupt()):
+    if _stop["in_job"] and not store_write_defers(KeyboardInterrupt):
         raise KeyboardInterrupt
+
+
+def store_write_defers(stop: type[BaseException]) -> bool:
+    """For a signal handler about to raise ``stop``: True if a store write is in progress,
+    which then raises it once done (:func:`bpexp.tracking.defer_interrupt`)."""
+    tracking = sys.modules.get("bpexp.tracking")  # not imported: no store write yet
+    return bool(tracking and tracking.defer_interrupt(stop))
 
 
 def _handle_signals_in_job_process() -> None:
