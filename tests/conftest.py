@@ -197,6 +197,15 @@ needs_fashion = pytest.mark.skipif(
     not all((FASHION_FOLDER / f"{stem}.gz").is_file() for stem in IDX_FILES),
     reason=f"no Fashion-MNIST in {FASHION_FOLDER} (apt-get install dataset-fashion-mnist)",
 )
+# The real MNIST, when a shared folder next to the checkout holds it: the four IDX files,
+# gzipped, and SHA256SUMS.uncompressed (the published sha256 of the uncompressed files).
+MNIST_FOLDER = Path(__file__).resolve().parents[2] / "shared/datasets/mnist"
+needs_mnist = pytest.mark.skipif(
+    not all((MNIST_FOLDER / f"{stem}.gz").is_file() for stem in IDX_FILES)
+    or not (MNIST_FOLDER / "SHA256SUMS.uncompressed").is_file(),
+    reason=f"no MNIST in {MNIST_FOLDER} (the four IDX .gz files and SHA256SUMS.uncompressed); "
+    "these tests read the real data set and never download it",
+)
 
 
 def assert_every_point_logged(client, run, folder: Path) -> None:

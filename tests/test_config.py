@@ -76,6 +76,7 @@ def test_required_options_exist():
         "depth",
         "batch_size",
         "pixels3x4",
+        "optimizers_mnist",
     } <= set(SWEEPS)
 
 
@@ -133,6 +134,29 @@ def test_optimizers_sweep_is_big_enough(composer):
     np.testing.assert_allclose(lrs[1:] / lrs[:-1], 10 ** (4 / 14), rtol=5e-3)  # 3 digits
     assert p.tune_seeds == (0, 1) and p.confirm_seeds == tuple(range(100, 110))
     assert 3 * (len(lrs) * len(p.tune_seeds) + len(p.confirm_seeds)) == 120
+
+
+def test_optimizers_mnist_sweep_is_the_books_network_on_an_equal_budget(composer):
+    from bpexp import protocol
+
+    cfg = composer(["sweep=optimizers_mnist"], return_hydra_config=True)
+    assert str(cfg.hydra.sweeper.params["optimizer"]).split(",") == ["sgd", "momentum", "nesterov"]
+    # The book's network and data: 784-30-10 sigmoid, N(0, 1), quadratic cost, batch 10, MNIST
+    # split 50,000/10,000 (+ its 10,000 test images).
+    assert cfg.data.name == "mnist" and cfg.data.val_fraction == pytest.approx(1 / 6)
+    assert list(cfg.network.hidden) == [30] and cfg.network.init == "normal"
+    assert cfg.network.activation == cfg.network.output_activation == "sigmoid"
+    assert cfg.cost.name == "quadratic" and cfg.trainer.batch_size == 10
+    assert cfg.trainer.epochs == 10 and cfg.trainer.sharpness_every == 1
+    p = protocol.parse(OmegaConf.to_container(cfg.hydra.sweeper.protocol))
+    # The header's promise: 9 learning rates log-spaced from 10^-2 to 10^1.5 (x2.74) on tuning
+    # seed 0 for every arm, then 10 fresh confirm seeds: 3 x (9 + 10) = 57 runs.
+    lrs = np.array([setting["optimizer.lr"] for setting in protocol.grid(p)])
+    assert len(lrs) == 9 and (lrs[0], lrs[-1]) == (0.01, 31.6)
+    np.testing.assert_allclose(lrs[1:] / lrs[:-1], 10 ** (3.5 / 8), rtol=5e-3)  # 3 digits
+    assert p.tune_seeds == (0,) and p.confirm_seeds == tuple(range(100, 110))
+    assert not set(p.tune_seeds) & set(p.confirm_seeds)
+    assert 3 * (len(lrs) * len(p.tune_seeds) + len(p.confirm_seeds)) == 57
 
 
 def test_sweep_files_are_global_packages():

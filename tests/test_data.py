@@ -8,16 +8,22 @@ import io
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
+import bpexp
+from bpexp import config
 from bpexp.data import DATASETS, load_dataset
+from bpexp.datafiles import read_idx
 from bpexp.errors import ConfigError
 from tests.conftest import (
     FASHION_FOLDER,
+    MNIST_FOLDER,
     TEST_IMAGES,
     TEST_LABELS,
     TRAIN_IMAGES,
     TRAIN_LABELS,
     needs_fashion,
+    needs_mnist,
     write_idx_files,
 )
 
@@ -199,6 +205,75 @@ def test_fashion_mnist_from_debians_folder(fashion_cache, dtype):
         raw = np.frombuffer(source.read(), np.uint8, offset=16).reshape(10_000, 784)
     np.testing.assert_array_equal(data.X_test, raw.astype(dtype) / 255)
     assert len(list(fashion_cache.glob("*.npy"))) == 4
+
+
+# --- the real MNIST from a folder of its IDX files ----------------------------------------
+
+# MNIST's published label counts (digits 0-9) of its 60,000 training and 10,000 test images.
+MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+@pytest.fixture(scope="module")
+def mnist_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("mnist-cache")
+
+
+@pytest.mark.slow
+@needs_mnist
+def test_mnist_default_split_is_the_books(mnist_cache):
+    # data=mnist's own val_fraction (conf/data/mnist.yaml), not load_dataset's generic default.
+    val_fraction = OmegaConf.load(config.CONF_DIR / "data" / "mnist.yaml").val_fraction
+    data = load_dataset(
+        "mnist", path=str(MNIST_FOLDER), val_fraction=val_fraction, cache_dir=str(mnist_cache)
+    )
+    assert (len(data.X_train), len(data.X_val), len(data.X_test)) == (50_000, 10_000, 10_000)
+    assert (data.n_inputs, data.n_outputs) == (784, 10)
+    assert data.X_train.min() == 0 and data.X_train.max() == 1
+    train_labels = np.concatenate([data.Y_train, data.Y_val]).argmax(axis=1)
+    assert np.bincount(train_labels).tolist() == MNIST_TRAIN_COUNTS
+    assert np.bincount(data.Y_test.argmax(axis=1)).tolist() == MNIST_TEST_COUNTS
+    # Train and validation are a partition of the 60,000 training images (each in file order),
+    # the test set is the 10,000 test images: compared through one random projection per row.
+    raw_train = read_idx(MNIST_FOLDER / "train-images-idx3-ubyte.gz", 3).reshape(60_000, 784)
+    raw_test = read_idx(MNIST_FOLDER / "t10k-images-idx3-ubyte.gz", 3).reshape(10_000, 784)
+    direction = np.random.default_rng(0).standard_normal(784)
+    split = np.concatenate([data.X_train, data.X_val]) @ direction * 255
+    np.testing.assert_allclose(np.sort(split), np.sort(raw_train @ direction), rtol=1e-9, atol=1e-6)
+    np.testing.assert_array_equal(data.X_test, raw_test / 255)
+    # The split is the seed's: another seed holds out other images, as many.
+    other = load_dataset(
+        "mnist",
+        path=str(MNIST_FOLDER),
+        val_fraction=val_fraction,
+        cache_dir=str(mnist_cache),
+        seed=1,
+    )
+    assert len(other.X_val) == 10_000
+    assert not np.array_equal(other.X_val @ direction, data.X_val @ direction)
+
+
+@pytest.mark.slow
+@needs_mnist
+def test_mnist_short_run_of_the_books_network_learns(mnist_cache):
+    # The book's network (bpexp's defaults: 784-30-10 sigmoid, N(0, 1), quadratic, η = 3,
+    # batch 10) for one epoch on the first 20,000 training images: 1,667 updates take it from
+    # chance (0.1) to far above it on the 10,000 test images, which n_samples does not cut.
+    result = bpexp.run(
+        [
+            "data=mnist",
+            f"data.path={MNIST_FOLDER}",
+            f"data.cache_dir={mnist_cache}",
+            "data.n_samples=20000",
+            "trainer.epochs=1",
+            "trainer.instruments=false",
+            "trainer.sharpness_every=0",
+            "tracking.enabled=false",
+        ]
+    )
+    val = result.history["val/accuracy"]
+    assert val.loc[0] < 0.2  # untrained: about chance
+    assert val.loc[1] > 0.5 and result.metrics["test/accuracy"] > 0.5
 
 
 # --- the user's own .npz -----------------------------------------------------------------

@@ -17,10 +17,12 @@ from bpexp.data import load_dataset
 from bpexp.datafiles import IDX_FILES, SHA256, SYSTEM_FOLDERS, load_idx, read_idx
 from bpexp.errors import ConfigError
 from tests.conftest import (
+    MNIST_FOLDER,
     TEST_IMAGES,
     TRAIN_IMAGES,
     idx_bytes,
     needs_fashion,
+    needs_mnist,
     write_idx_files,
 )
 
@@ -332,3 +334,57 @@ def test_fashion_mnist_builtin_checksums_on_debians_files(tmp_path, monkeypatch)
     assert 0.0 == data.X_train.min() < data.X_train.max() == 1.0
     local = load_dataset("fashion_mnist", path=str(DEBIAN_FASHION), val_fraction=0.0)
     np.testing.assert_array_equal(local.X_test, data.X_test)
+
+
+# --- the real MNIST, from a folder of its four .gz files ------------------------------------
+
+
+def published_uncompressed_sha256() -> dict[str, str]:
+    """File name -> sha256 from the folder's SHA256SUMS.uncompressed (``<digest> <name>``)."""
+    lines = (MNIST_FOLDER / "SHA256SUMS.uncompressed").read_text().split("\n")
+    pairs = [line.split() for line in lines if line.strip()]
+    return {name.lstrip("*"): digest.lower() for digest, name in pairs}
+
+
+@needs_mnist
+def test_real_mnist_decodes_to_the_published_uncompressed_files(tmp_path):
+    # The published digests are of the uncompressed IDX files: header + bytes. The arrays
+    # decoded from the .gz files, written back as IDX, must have exactly those digests, both
+    # when decoded and when memory-mapped from the cache on the next load.
+    published = published_uncompressed_sha256()
+    assert sorted(published) == sorted(IDX_FILES)
+    cache = tmp_path / "cache"
+    for stem in IDX_FILES:
+        ndim = 3 if "images" in stem else 1
+        decoded = load_idx(MNIST_FOLDER / f"{stem}.gz", ndim, cache)
+        cached = load_idx(MNIST_FOLDER / f"{stem}.gz", ndim, cache)
+        assert isinstance(cached, np.memmap), stem  # the second load came from the cache
+        for array in (decoded, cached):
+            assert hashlib.sha256(idx_bytes(np.asarray(array))).hexdigest() == published[stem]
+        assert decoded.shape[1:] == ((28, 28) if ndim == 3 else ())
+    # (The .gz bytes need not be the published .gz files: a folder recompressed elsewhere holds
+    # the same data set. data.path is read without checking them; the arrays are what counts.)
+
+
+@pytest.mark.slow
+@needs_mnist
+def test_real_mnist_gunzipped_loads_to_the_same_arrays(tmp_path):
+    # A user's folder may hold the files gunzipped: same data set, array for array.
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for stem in IDX_FILES:
+        with gzip.open(MNIST_FOLDER / f"{stem}.gz") as packed:
+            (plain / stem).write_bytes(packed.read())
+    published = published_uncompressed_sha256()
+    for stem in IDX_FILES:
+        assert hashlib.sha256((plain / stem).read_bytes()).hexdigest() == published[stem]
+    kwargs = dict(val_fraction=1 / 6, seed=3)
+    packed = load_dataset("mnist", path=str(MNIST_FOLDER), cache_dir=str(tmp_path / "a"), **kwargs)
+    unpacked = load_dataset("mnist", path=str(plain), cache_dir=str(tmp_path / "b"), **kwargs)
+    for part in ("X_train", "Y_train", "X_val", "Y_val", "X_test", "Y_test"):
+        np.testing.assert_array_equal(getattr(unpacked, part), getattr(packed, part), part)
+    assert (len(packed.X_train), len(packed.X_val), len(packed.X_test)) == (50_000, 10_000, 10_000)
+    # Each folder's sources were decoded into their own .npy files, named after their digest.
+    npy_a = sorted(p.name for p in (tmp_path / "a").glob("*.npy"))
+    npy_b = sorted(p.name for p in (tmp_path / "b").glob("*.npy"))
+    assert len(npy_a) == len(npy_b) == 4 and set(npy_a).isdisjoint(npy_b)
