@@ -117,16 +117,17 @@ def sweep_parent(client: MlflowClient, experiment_id: str, sweep: str | None = N
     raise ValueError(f"no sweep {what} in this experiment; its sweeps: {names}")
 
 
-def _summary_run_ids(client: MlflowClient, parent_id: str) -> list[str]:
-    """Run ids listed in the parent's ``summary.csv``: jobs skipped because an identical
-    completed run existed point at that older run, which is not a child of this parent."""
+def _summary(client: MlflowClient, parent_id: str) -> pd.DataFrame:
+    """The parent's ``summary.csv``: each job's arm and stage as the sweeper decided them, and
+    its run (a job skipped because an identical completed run existed points at that older
+    run, which is not a child of this parent)."""
     with tempfile.TemporaryDirectory() as tmp:
         try:
             path = client.download_artifacts(parent_id, "summary.csv", tmp)
         except (MlflowException, OSError):
-            return []
-        table = pd.read_csv(path)
-    return [str(r) for r in table.get("run_id", pd.Series(dtype=str)).dropna()]
+            return pd.DataFrame(columns=["run_id", "arm", "stage"])
+        table = pd.read_csv(path, dtype={"run_id": str, "arm": str, "stage": str})
+    return table[table["run_id"].notna()].drop_duplicates("run_id")
 
 
 # ------------------------------------------------------------------------------ runs frame
@@ -161,6 +162,7 @@ def runs_frame(found: Iterable[Run]) -> pd.DataFrame:
                 "parent_run_id": tags.get(MLFLOW_PARENT_RUN_ID),
                 "sweep": tags.get("sweep"),
                 "outcome": tags.get("outcome"),
+                "arm": tags.get("bpexp.arm"),
                 "stage": tags.get("bpexp.stage"),
                 "status": run.info.status,
                 "start_time": pd.to_datetime(run.info.start_time, unit="ms"),
@@ -198,9 +200,10 @@ def runs(
     ``tags``: ``{"optimizer": "sgd"}``, matched in the store. ``params``: ``{"optimizer.lr":
     0.3, "seed": [0, 1]}`` (a list means any of), matched on the typed values.
 
-    Columns: :data:`RUN_COLUMNS` (``run_id, run_name, parent_run_id, sweep, outcome, status,
-    start_time, end_time, artifact_uri``; times in UTC, ``end_time`` NaT while running), then every
-    param by its dotted key (``optimizer.lr`` float, ``seed`` int, ``optimizer.bias_correction``
+    Columns: :data:`RUN_COLUMNS` (``run_id, run_name, parent_run_id, sweep, outcome, arm,
+    stage, status, start_time, end_time, artifact_uri``; ``arm`` and ``stage`` as the sweeper
+    decided them; times in UTC, ``end_time`` NaT while running), then every param by its
+    dotted key (``optimizer.lr`` float, ``seed`` int, ``optimizer.bias_correction``
     bool, ``network.hidden`` JSON text), then the final (last-step) value of every metric
     (``val/loss``, ``test/accuracy``, ``grad_norm/b1``, ...). Sweep parent runs are left out
     unless ``include_parents``.
@@ -213,9 +216,11 @@ def runs(
         parent = sweep_parent(client, experiment_id, sweep).info.run_id
         conditions.append(f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent}'")
     found = _search(client, [experiment_id], " and ".join(conditions))
+    summary = None
     if sweep is not None:
         known = {run.info.run_id for run in found}
-        missing = [r for r in _summary_run_ids(client, parent) if r not in known]
+        summary = _summary(client, parent)
+        missing = [r for r in summary["run_id"] if r not in known]
         extra = [client.get_run(r) for r in missing]
         extra = [
             run
@@ -223,6 +228,12 @@ def runs(
             if all(run.data.tags.get(k) == str(v) for k, v in (tags or {}).items())
         ]
     frame = runs_frame([*found, *extra])
+    if summary is not None and "arm" in summary.columns:
+        # The sweeper's word on a run of this sweep (a skipped job's run is an older one).
+        decided = summary.set_index("run_id")
+        for column in ("arm", "stage"):
+            mine = frame["run_id"].map(decided[column])
+            frame[column] = mine.where(mine.notna(), frame[column])
     kind = frame.pop("_kind")
     if not include_parents:
         frame = frame[kind != "sweep"]

@@ -11,7 +11,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +50,15 @@ class Experiment:
     cost: Cost
     initial_weights: dict[str, np.ndarray]  # W1, b1, ..., WL, bL before any update
 
+    @property
+    def n_train(self) -> int:
+        return self.data.X_train.shape[0]
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps (updates) an epoch."""
+        return -(-self.n_train // (self.cfg.trainer.batch_size or self.n_train))
+
 
 @dataclass
 class Result:
@@ -60,8 +69,9 @@ class Result:
     history: pd.DataFrame  # one row per epoch (0 = at initialisation), one column per metric
     weights: dict[str, np.ndarray]  # W1, b1, ..., WL, bL
     run_id: str | None = None
-    skipped: bool = False
+    skipped: bool = False  # not trained: a run with this exact config had ended already
     steps_per_epoch: int | None = None  # optimizer steps (updates) an epoch
+    train_result: TrainResult | None = field(default=None, repr=False)
 
 
 def build(cfg: DictConfig) -> Experiment:
@@ -162,56 +172,31 @@ def execute(
     parent: Callable[[object, str], str] | None = None,
     listeners: list[Listener] | None = None,
     tags: dict[str, str] | None = None,
+    started: Callable[[str], None] | None = None,
 ) -> Result:
     """Build, train and (if ``tracking.enabled``) log one experiment; ``listeners`` receive
     every training record too (see :mod:`bpexp.trainer`). ``parent(client, experiment_id)``
     gives the parent run of a sweep's job (:func:`bpexp.sweep.ensure_parent`); ``tags`` are
-    added to the run's (``bpexp.stage`` for a protocol's jobs).
+    added to the run's (``bpexp.arm``, ``bpexp.stage`` for a sweep's jobs); ``started(run_id)``
+    is called once the run exists.
 
-    Bad input raises ConfigError (TrackingError for the store) before any run exists. Once the
-    run exists, divergence is an outcome; an exception marks the run FAILED (traceback as an
-    artifact) and is re-raised; KeyboardInterrupt (Ctrl-C, or SIGTERM under ``python -m
+    Bad input raises ConfigError (TrackingError for the store) before any run exists. A job
+    whose exact config already has a final run is skipped: its Result is read from that run.
+    Once the run exists, divergence is an outcome; an exception marks the run FAILED (traceback
+    as an artifact) and is re-raised; KeyboardInterrupt (Ctrl-C, or SIGTERM under ``python -m
     bpexp``) marks it KILLED, with the metrics logged so far kept.
     """
     exp = build(cfg)
     cfg = exp.cfg  # the typed config from here on
-    n_train = exp.data.X_train.shape[0]
-    steps_per_epoch = -(-n_train // (cfg.trainer.batch_size or n_train))
-    tracking = cfg.tracking
     listeners = [*(listeners or []), *([Printer(cfg.trainer.epochs)] if echo else [])]
-
-    def train_it(extra: list[Listener]) -> tuple[Result, dict[str, str]]:
-        result = train(
-            exp.net,
-            cfg.optimizer,
-            exp.cost,
-            exp.data,
-            cfg.trainer,
-            cfg.seed,
-            _fan_out([*listeners, *extra]),
-            tracking.log_every_n_steps,
-        )
-        warnings = run_warnings(result, cfg.trainer)
-        if echo:
-            for key, text in warnings.items():
-                print(f"{key}: {text}", file=sys.stderr, flush=True)
-        out = Result(
-            result.outcome,
-            result.final_metrics,
-            history_frame(result),
-            weights(exp.net),
-            steps_per_epoch=steps_per_epoch,
-        )
-        return out, warnings
-
-    if not tracking.enabled:
-        return train_it([])[0]
+    if not cfg.tracking.enabled:
+        return _train(exp, listeners, echo)
 
     from bpexp import tracking as tr  # MLflow is imported only when tracking is on
 
-    uri = tr.tracking_uri(tracking.uri)
-    client = tr.connect(uri, tracking.timeout_seconds)
-    experiment_id = tr.ensure_experiment(client, tracking.experiment)
+    uri = tr.tracking_uri(cfg.tracking.uri)
+    client = tr.connect(uri, cfg.tracking.timeout_seconds)
+    experiment_id = tr.ensure_experiment(client, cfg.tracking.experiment)
     parent_run_id = parent(client, experiment_id) if parent else None
     flat = flatten(cfg)
     digest = tr.config_hash(flat)
@@ -223,33 +208,30 @@ def execute(
                 f"({done.data.tags['outcome']}); add force=true to run it again",
                 flush=True,
             )
-        return Result(
-            done.data.tags["outcome"],
-            done.data.metrics,
-            pd.DataFrame(),
-            {},
-            run_id=done.info.run_id,
-            skipped=True,
-            steps_per_epoch=steps_per_epoch,
-        )
-    params = {**flat, "network.sizes": list(exp.net.sizes), "data.n_train": n_train}
-    tags = {
+        return _stored_result(client, done, exp)
+
+    params = {**flat, "network.sizes": list(exp.net.sizes), "data.n_train": exp.n_train}
+    run_tags = {
         "optimizer": cfg.optimizer.name,
         "sweep": sweep_name or "",
         "bpexp.config_hash": digest,
         "outcome": "running",
         **(tags or {}),
     }
-    with tr.tracked_run(client, experiment_id, run_name(cfg), params, tags, parent_run_id) as log:
+    with tr.tracked_run(
+        client, experiment_id, run_name(cfg), params, run_tags, parent_run_id
+    ) as log:
+        if started:
+            started(log.run_id)
         if echo:
             print(
-                f"tracking: run {log.run_id} in experiment {tracking.experiment!r} at {uri}",
+                f"tracking: run {log.run_id} in experiment {cfg.tracking.experiment!r} at {uri}",
                 flush=True,
             )
-        out, warnings = train_it([log])
+        out = _train(exp, [*listeners, log], echo)
         out.run_id = log.run_id
-        _log_run_artifacts(log, exp, tracking.plots)
-        log.outcome, log.end_tags = out.outcome, warnings
+        _log_run_artifacts(log, exp, cfg.tracking.plots)
+        log.outcome, log.end_tags = out.outcome, run_warnings(out.train_result, cfg.trainer)
     if echo:
         print(
             f"logged: run {log.run_id} ({run_name(cfg)}), {log.points_logged} metric points, "
@@ -257,6 +239,62 @@ def execute(
             flush=True,
         )
     return out
+
+
+def _train(exp: Experiment, listeners: list[Listener], echo: bool) -> Result:
+    """Train ``exp`` with every record going to ``listeners``; print the warnings if ``echo``."""
+    cfg = exp.cfg
+    result = train(
+        exp.net,
+        cfg.optimizer,
+        exp.cost,
+        exp.data,
+        cfg.trainer,
+        cfg.seed,
+        _fan_out(listeners),
+        cfg.tracking.log_every_n_steps,
+    )
+    if echo:
+        for key, text in run_warnings(result, cfg.trainer).items():
+            print(f"{key}: {text}", file=sys.stderr, flush=True)
+    out = Result(
+        result.outcome,
+        result.final_metrics,
+        history_frame(result),
+        weights(exp.net),
+        steps_per_epoch=exp.steps_per_epoch,
+    )
+    out.train_result = result
+    return out
+
+
+def _stored_result(client, run, exp: Experiment) -> Result:
+    """The Result of a run that ended earlier: its final metrics, its per-epoch history and
+    final weights from its artifacts (``history.parquet``, ``weights/final.npz``)."""
+    from bpexp.network import load_weights
+
+    run_id = run.info.run_id
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            long = pd.read_parquet(client.download_artifacts(run_id, "history.parquet", tmp))
+            load_weights(exp.net, client.download_artifacts(run_id, "weights/final.npz", tmp))
+            final = weights(exp.net)
+        except Exception:  # an older run without them: its final metrics only
+            long, final = None, {}
+    history = pd.DataFrame()
+    if long is not None:
+        epochs = long[~long["metric"].str.startswith(("train/batch_loss", "test/"))]
+        history = epochs.pivot_table(index="step", columns="metric", values="value")
+        history.index.name, history.columns.name = "epoch", None
+    return Result(
+        run.data.tags["outcome"],
+        dict(run.data.metrics),
+        history,
+        final,
+        run_id=run.info.run_id,
+        skipped=True,
+        steps_per_epoch=exp.steps_per_epoch,
+    )
 
 
 def run_warnings(result: TrainResult, trainer: TrainerConfig) -> dict[str, str]:

@@ -1,14 +1,16 @@
-"""The figures each named sweep declares: the answer to its question, drawn for that question.
+"""Every figure of a sweep's report, as a registered section.
 
-:data:`SWEEP_FIGURES` maps a sweep name (``sweeps/sweep/<name>.yaml``) to a function that
-takes the sweep's runs (a runs frame with ``arm`` and ``stage`` columns,
-:func:`bpexp.analysis.runs`) and their history (``run_id, metric, step, value``) and returns
-report sections: a title, a figure, lines of Markdown. :mod:`bpexp.report` puts them in the
-sweep's report after its table. To give a new sweep its figures, write one function here and
-add it to :data:`SWEEP_FIGURES` (see docs/where-to-add.md).
+:data:`SECTIONS` lists the report's sections in order; each has a name, a test of whether it
+applies to a sweep (:class:`Context`: its name, runs, history, protocol) and a function that
+draws it, returning :class:`Section` parts (a title, a figure saved as ``file``, lines of
+Markdown). :mod:`bpexp.report` renders each part once into ``index.md`` and ``index.html``.
+The first sections apply to every sweep (learning-rate sensitivity, the curves of the runs
+that answer, per-layer gradient norms and saturation); after them come those a named sweep
+declares for its own question (``depth``, ``momentum_beta``, ...). To add a figure, write a
+function here and register it with :func:`section` (see docs/where-to-add.md).
 
-Every figure stays readable: at most about six lines a panel, small multiples beyond that,
-legends outside the data.
+Every figure stays readable: at most :data:`MAX_LINES` lines a panel, small multiples beyond
+that, legends outside the data.
 """
 
 from __future__ import annotations
@@ -33,6 +35,182 @@ class Section:
     file: str | None = None
     figure: Figure | None = None
     text: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Context:
+    """What a report's sections draw from. ``runs``: a runs frame with the ``arm`` and
+    ``stage`` columns the sweeper decided (:mod:`bpexp.jobs`); ``history``: their points
+    (``run_id, metric, step, value``); ``answering``: the run ids that answer (a protocol's
+    confirm runs; in a plain grid each arm's runs at its best setting); ``arms``: the arms,
+    best first."""
+
+    name: str
+    runs: pd.DataFrame
+    history: pd.DataFrame
+    metric: str
+    answering: list[str]
+    arms: list[str]
+    protocol: object | None = None  # bpexp.protocol.Protocol
+
+    @property
+    def tuning(self) -> pd.DataFrame:
+        """The runs that searched the settings (a protocol's tune stage; every run of a grid)."""
+        if self.protocol is None:
+            return self.runs
+        return self.runs[self.runs["stage"] == "tune"]
+
+    @property
+    def curves(self) -> pd.DataFrame:
+        """History rows of the answering runs, with their ``arm``."""
+        answering = self.runs[self.runs["run_id"].isin(self.answering)][["run_id", "arm"]]
+        return self.history.drop(columns="arm", errors="ignore").merge(answering, on="run_id")
+
+
+@dataclass(frozen=True)
+class Registered:
+    name: str
+    draw: Callable[[Context], list[Section]]
+    applies: Callable[[Context], bool]
+
+
+SECTIONS: list[Registered] = []
+
+
+def section(
+    applies: Callable[[Context], bool] = lambda ctx: True, name: str | None = None
+) -> Callable:
+    """Register the decorated ``draw(ctx) -> list[Section]`` as the report's next section."""
+
+    def register(draw: Callable[[Context], list[Section]]) -> Callable:
+        SECTIONS.append(Registered(name or draw.__name__, draw, applies))
+        return draw
+
+    return register
+
+
+def for_sweep(name: str) -> Callable[[Context], bool]:
+    return lambda ctx: ctx.name == name
+
+
+MAX_LINES = 6  # lines a panel holds and stays readable; more arms get small multiples
+
+
+def _panels(n: int, width: float = 3.6, height: float = 3.0) -> tuple[Figure, list]:
+    """A figure of ``n`` small panels, four a row, sharing both axes."""
+    columns = min(n, 4)
+    rows = math.ceil(n / columns)
+    fig = plots.new_figure(width * columns + 1.5, height * rows + 0.6)
+    axes = np.atleast_1d(fig.subplots(rows, columns, sharex=True, sharey=True)).ravel()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, list(axes[:n])
+
+
+# ------------------------------------------------------------------- every sweep's figures
+
+
+@section(lambda ctx: "optimizer.lr" in ctx.runs.columns and len(ctx.tuning) > 0)
+def lr_sensitivity(ctx: Context) -> list[Section]:
+    """Final yardstick against the learning rate and, for a protocol, against the effective
+    step; with more arms than a panel holds, one small panel per arm against the lr."""
+    tune, metric = ctx.tuning.copy(), ctx.metric
+    if ctx.protocol is None and "optimizer.beta" in tune.columns:
+        # A grid's arms searched over beta too: one line per arm and beta.
+        varies = tune.groupby("arm")["optimizer.beta"].nunique(dropna=False).max() > 1
+        if varies:
+            tune["arm"] = tune["arm"] + " beta=" + tune["optimizer.beta"].map("{:g}".format)
+    arms = list(dict.fromkeys(tune["arm"]))
+    title = "Learning-rate sensitivity"
+    if len(arms) > MAX_LINES:
+        fig, axes = _panels(len(arms))
+        for ax, arm in zip(axes, arms, strict=True):
+            plots.lr_sensitivity(tune[tune["arm"] == arm], ax, metric=metric)
+            ax.get_legend().remove()
+            ax.set_title(arm, fontsize="small")
+            ax.set_xlabel("optimizer.lr")
+        fig.suptitle(f"Tuning runs: final {metric} against the lr, one panel per arm")
+        return [Section(title, "lr_sensitivity.png", fig)]
+    if "effective_step" not in tune.columns:
+        from bpexp.protocol import arm_effective_step
+
+        tune["effective_step"] = [arm_effective_step({}, r) for r in tune.to_dict("records")]
+    fig = plots.new_figure(11, 4.2)
+    left, right = fig.subplots(1, 2, sharey=True)
+    for ax, x in ((left, "optimizer.lr"), (right, "effective_step")):
+        plots.lr_sensitivity(tune, ax, metric=metric, lr=x)
+        ax.get_legend().remove()
+    fig.suptitle(f"Final {metric} of the tuning runs (dots: seeds, line: their mean)")
+    left.set_title("against optimizer.lr")
+    right.set_title("against the effective step η/(1−β) (η for SGD, EMA)")
+    right.set_ylabel("")
+    handles, labels = left.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=len(labels), fontsize="small")
+    return [Section(title, "lr_sensitivity.png", fig)]
+
+
+def curves_figure(
+    curves: pd.DataFrame, metrics: tuple[str, ...], title: str, target: float | None = None
+) -> Figure:
+    """Per arm, ``metrics`` over epochs (mean ± 1 std over seeds): one panel for up to
+    :data:`MAX_LINES` lines, else one small panel per arm."""
+    arms = list(dict.fromkeys(curves["arm"]))
+    if len(arms) * len(metrics) > MAX_LINES:
+        fig, axes = _panels(len(arms))
+        for ax, arm in zip(axes, arms, strict=True):
+            plots.arm_curves(curves[curves["arm"] == arm], ax, metrics=metrics)
+            ax.get_legend().remove()
+            ax.set_title(arm, fontsize="small")
+            if target is not None:
+                ax.axhline(target, color="grey", linestyle=":", linewidth=1)
+        fig.suptitle(title)
+        return fig
+    ax = plots.new_axes(8, 4.5)
+    plots.arm_curves(curves, ax, metrics=metrics)
+    if target is not None:
+        ax.axhline(target, color="grey", linestyle=":", linewidth=1, label="target")
+    ax.set_title(title)
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return ax.figure
+
+
+def _who(ctx: Context) -> str:
+    return "confirm runs" if ctx.protocol is not None else "each arm at its best setting"
+
+
+@section(lambda ctx: len(ctx.answering) > 0)
+def yardstick_curves(ctx: Context) -> list[Section]:
+    target = getattr(ctx.protocol, "target", None)
+    title = f"{ctx.metric} per epoch ({_who(ctx)})"
+    fig = curves_figure(ctx.curves, (ctx.metric,), f"{title}: mean over seeds ± 1 std", target)
+    return [Section(title, "yardstick_curves.png", fig)]
+
+
+@section(lambda ctx: len(ctx.answering) > 0)
+def loss_curves(ctx: Context) -> list[Section]:
+    title = f"Loss per epoch ({_who(ctx)})"
+    fig = curves_figure(
+        ctx.curves, ("train/loss", "val/loss"), f"{title}: train (dashed), validation (solid)"
+    )
+    return [Section(title, "loss_curves.png", fig)]
+
+
+def _layers(ctx: Context, prefix: str) -> int:
+    names = ctx.curves["metric"]
+    return names[names.str.startswith(prefix)].nunique()
+
+
+@section(lambda ctx: 0 < _layers(ctx, "grad_norm/b") * len(ctx.arms) <= MAX_LINES)
+def grad_norm(ctx: Context) -> list[Section]:
+    fig = plots.arm_grad_norms(ctx.curves, plots.new_axes(8, 5))
+    return [Section(f"Gradient norm per layer ({_who(ctx)})", "grad_norm.png", fig)]
+
+
+@section(lambda ctx: _layers(ctx, "saturation/") > 0 and len(ctx.arms) <= MAX_LINES)
+def saturation(ctx: Context) -> list[Section]:
+    rows = _layers(ctx, "saturation/") * len(ctx.arms)
+    fig = plots.arm_saturation(ctx.curves, plots.new_axes(8, max(3.0, 1.5 + 0.35 * rows)))
+    return [Section(f"Saturated fraction per layer ({_who(ctx)})", "saturation.png", fig)]
 
 
 def _confirm(runs: pd.DataFrame) -> pd.DataFrame:
@@ -427,9 +605,6 @@ SWEEP_FIGURES: dict[str, Callable[[pd.DataFrame, pd.DataFrame], list[Section]]] 
     "pixels3x4": pixels3x4,
     "edge_of_stability": edge_of_stability,
 }
-
-
-def sections(sweep: str | None, runs: pd.DataFrame, history: pd.DataFrame) -> list[Section]:
-    """The sections ``sweep`` declares (none for a sweep that declares none)."""
-    draw = SWEEP_FIGURES.get(sweep or "")
-    return draw(runs, history) if draw else []
+# A named sweep's own figures come after every sweep's, in the order above.
+for _name, _draw in SWEEP_FIGURES.items():
+    section(for_sweep(_name), _name)(lambda ctx, draw=_draw: draw(ctx.runs, ctx.history))

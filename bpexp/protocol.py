@@ -68,6 +68,50 @@ class Protocol:
     sampler_seed: int = 0
     keys: tuple[str, ...] = field(default=())
 
+    def to_dict(self) -> dict:
+        """The protocol as plain JSON values; :meth:`from_dict` reads it back (protocol.json)."""
+        return {
+            "search": [
+                {"key": s.key, "values": list(s.values), "low": s.low, "high": s.high, "log": s.log}
+                for s in self.search
+            ],
+            "sampler": self.sampler,
+            "budget": self.budget,
+            "tune_seeds": list(self.tune_seeds),
+            "confirm_seeds": list(self.confirm_seeds),
+            "yardstick": self.yardstick,
+            "direction": self.direction,
+            "target": self.target,
+            "sampler_seed": self.sampler_seed,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> Protocol:
+        search = tuple(
+            Space(s["key"], tuple(float(v) for v in s["values"]), s["low"], s["high"], s["log"])
+            for s in data["search"]
+        )
+        return cls(
+            search=search,
+            sampler=data["sampler"],
+            budget=int(data["budget"]),
+            tune_seeds=tuple(data["tune_seeds"]),
+            confirm_seeds=tuple(data["confirm_seeds"]),
+            yardstick=data["yardstick"],
+            direction=data["direction"],
+            target=data["target"],
+            sampler_seed=int(data["sampler_seed"]),
+            keys=tuple(s.key for s in search),
+        )
+
+    def params(self) -> dict[str, str]:
+        """The protocol as ``protocol.*`` params, for reading in the MLflow UI."""
+        out = {f"protocol.search.{s.key}": s.describe() for s in self.search}
+        for key, value in self.to_dict().items():
+            if key != "search":
+                out[f"protocol.{key}"] = "null" if value is None else str(value)
+        return out
+
     def signed(self, value: float) -> float:
         """The yardstick as "higher is better"; NaN (no value) becomes -inf, the worst."""
         if value is None or not np.isfinite(value):
@@ -202,11 +246,11 @@ def grid(protocol: Protocol) -> list[dict[str, float]]:
     return [dict(zip(keys, values, strict=True)) for values in points]
 
 
-def score(protocol: Protocol, row: Mapping) -> float:
+def score(protocol: Protocol, outcome: str, value: float | None) -> float:
     """One run's yardstick, "higher is better": a run that did not complete counts as worst."""
-    if (row.get("run_outcome") or row.get("outcome")) != "completed":
+    if outcome != "completed":
         return -math.inf
-    return protocol.signed(row.get(protocol.yardstick))
+    return protocol.signed(value)
 
 
 def choose(protocol: Protocol, tuned: pd.DataFrame) -> pd.DataFrame:

@@ -29,6 +29,7 @@ RUN_COLUMNS = [
     "parent_run_id",
     "sweep",
     "outcome",
+    "arm",
     "stage",
     "status",
     "start_time",
@@ -136,7 +137,7 @@ def compare(
     runs_frame: pd.DataFrame,
     history_frame: pd.DataFrame | None = None,
     *,
-    by: Sequence[str] = ARM_COLUMNS,
+    by: Sequence[str] | None = None,
     over: Sequence[str] = SETTING_COLUMNS,
     metric: str = "val/accuracy",
     target_loss: float | None = None,
@@ -152,8 +153,10 @@ def compare(
     quantities. The ``ranked_by`` column says which metric ranked the table. A frame with both
     stages of a protocol sweep (``stage`` tune and confirm) raises ValueError too: compare one.
 
-    An arm is a value of the ``by`` columns (plus ``optimizer.bias_correction`` when it
-    varies); a setting a value of the ``over`` columns. The best setting has the lowest mean of
+    An arm is what the sweeper named (the ``arm`` column, from the runs' ``bpexp.arm`` tag:
+    the default when the frame has it, or ``by=["arm"]``), else a value of the ``by`` columns
+    (default :data:`ARM_COLUMNS`, plus ``optimizer.bias_correction`` when it varies); a setting
+    is a value of the ``over`` columns. The best setting has the lowest mean of
     the final ``metric`` over its seeds, where a diverged run counts as +inf (a setting with a
     divergence loses to any without) and failed or interrupted runs are left out (they say
     nothing about the optimizer) but counted.
@@ -198,7 +201,11 @@ def compare(
     accuracy = f"{split}/accuracy" if metric.endswith("loss") else f"{split}/loss"
     if accuracy not in runs_frame.columns or accuracy == metric:
         accuracy = None
-    by = arm_columns(runs_frame, by)
+    if by is None:
+        tagged = "arm" in runs_frame.columns and runs_frame["arm"].notna().all()
+        by = ["arm"] if tagged and len(runs_frame) else ARM_COLUMNS
+    sweeper_arms = list(by) == ["arm"]
+    by = [] if sweeper_arms else arm_columns(runs_frame, by)
     over = [c for c in over if c in runs_frame.columns]
     stats = [f"{m}_{s}" for m in (metric, accuracy) if m for s in ("mean", "std", "ci95")]
     for kind, target in (("loss", target_loss), ("accuracy", target_accuracy)):
@@ -209,7 +216,7 @@ def compare(
     if runs_frame.empty:
         return pd.DataFrame(columns=columns)
     frame = runs_frame.copy()
-    frame["arm"] = label_arms(frame, by)
+    frame["arm"] = frame["arm"].astype(str) if sweeper_arms else label_arms(frame, by)
     score = frame[metric].astype(float)
     good = np.isfinite(score) & (frame["outcome"] != "diverged")
     frame["_score"] = (sign * score).where(good, np.inf)

@@ -4,13 +4,15 @@ Hydra runs :class:`SweepCallback.on_multirun_start` in the launching process bef
 it creates the store and the experiment once (several jobs creating a fresh SQLite store at
 once would race), and keeps the sweep folder and the store's URI for :func:`finish`. A job, in
 whatever process its launcher runs it, reads what it needs from Hydra's own config of the job
-(``HydraConfig``: the sweep folder, the sweep's name, the protocol); the parent run is created
-by the first valid job and its id kept in ``<sweep folder>/parent_run_id``.
+(``HydraConfig``: the sweep folder, the sweep's name) and from the plan the sweeper wrote for
+it (:class:`bpexp.jobs.JobPlan`: its arm and stage); the parent run is created by the first
+valid job and its id kept in ``<sweep folder>/parent_run_id``.
 
-A job never raises out of a multirun (Hydra would skip ``on_multirun_end``); it writes
-``results/<job>.json`` into the sweep folder instead. :func:`finish` reads them all, prints and
-saves ``summary.csv`` and closes the parent run. ``python -m bpexp`` calls it when Hydra returns
-or raises, so the summary is written also when jobs failed or the sweep was interrupted.
+A job never raises out of a multirun (Hydra would skip ``on_multirun_end``); it writes its
+:class:`bpexp.jobs.JobResult` into the sweep folder instead. :func:`finish` reads them all,
+prints and saves ``summary.csv`` and closes the parent run. ``python -m bpexp`` calls it when
+Hydra returns or raises, so the summary is written also when jobs failed or the sweep was
+interrupted. Stop signals are :mod:`bpexp.stop`'s.
 
 Fixed costs of a job: Hydra's launcher composes every job's config (the "Hydra composition"
 row of ``python benchmarks/bench_sweep.py``). Before launching, bpexp's sweeper composes only
@@ -27,10 +29,8 @@ import fcntl
 import gc
 import json
 import os
-import signal
 import socket
 import sys
-import threading
 import traceback
 from datetime import datetime
 from pathlib import Path
@@ -40,40 +40,16 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from bpexp import jobs, stop
 from bpexp.errors import ConfigError, TrackingError
 
 PARENT_FILE = "parent_run_id"
-FINAL_METRICS = [
-    "train/loss",
-    "train/accuracy",
-    "val/loss",
-    "val/accuracy",
-    "test/loss",
-    "test/accuracy",
-]
-SUMMARY_COLUMNS = [
-    "job",
-    "stage",
-    "overrides",
-    "outcome",
-    "epochs",
-    *FINAL_METRICS,
-    "run_id",
-    "error",
-]
 
 # Once-per-process work of multirun jobs, done by the first job.
 _process = {"blas_limited": False, "frozen_after_job": False}
-# The multirun this process launched: its folder and its store's URI (None untracked), for
-# finish() and for stop_jobs(); empty when this process launched none.
+# The multirun this process launched: its folder, its store's URI (None untracked) and the
+# handle of its .running lock, for finish(); empty when this process launched none.
 _launched: dict[str, object] = {}
-
-# Ctrl-C and SIGTERM in a sweep (see stop_jobs and _on_job_signal). `launching`: this process
-# started the multirun; `jobs_elsewhere`: its launcher runs jobs in other processes (joblib,
-# submitit); `in_job`: a job is training in this process; `stopping`: the signal number of the
-# first stop signal this process got, 0 before.
-_stop = {"launching": False, "jobs_elsewhere": False, "in_job": False, "stopping": 0}
-STOP_FILE = ".stopping"  # in the sweep folder once the launching process got a stop signal
 
 
 def sweep_name(choices: dict) -> str:
@@ -88,16 +64,11 @@ class SweepCallback(Callback):
         _launched.clear()
         _launched.update(dir=sweep_dir, uri=None)
         print(f"sweep {name!r}: outputs in {sweep_dir}", flush=True)
-        launcher = str((config.hydra.get("launcher") or {}).get("_target_", ""))
-        _stop["launching"] = True
-        _stop["jobs_elsewhere"] = "joblib" in launcher or "submitit" in launcher
-        (sweep_dir / STOP_FILE).unlink(missing_ok=True)  # left by an earlier, stopped sweep
-        if "submitit" in launcher:
-            _keep_sigint_from_launched_processes()
+        stop.launching(sweep_dir, str((config.hydra.get("launcher") or {}).get("_target_", "")))
         # Held while this process lives, even through kill -9: tells a later sweep whether
         # this sweep's parent run is stale (tracking.close_stale_runs).
-        _stop["running_lock"] = open(sweep_dir / ".running", "w")  # tracking.RUNNING_LOCK
-        fcntl.flock(_stop["running_lock"], fcntl.LOCK_EX)
+        _launched["running_lock"] = open(sweep_dir / jobs.RUNNING_LOCK, "w")
+        fcntl.flock(_launched["running_lock"], fcntl.LOCK_EX)
         if config.tracking.enabled:
             from bpexp import tracking as tr
 
@@ -170,217 +141,84 @@ def _freeze_heap() -> None:
     gc.freeze()
 
 
-def stop_jobs(signum: int) -> bool:
-    """The launching process got its first Ctrl-C or SIGTERM; True if it should not raise.
-
-    Where the jobs run in other processes (joblib's workers, submitit's tasks), raising here
-    would make the launcher tear them down (SIGKILL) while they close their runs. Instead the
-    sweep folder gets a ``.stopping`` file, the signal is passed on to every process below this
-    one (a terminal's Ctrl-C already reached them; ``kill PID`` did not), and the launcher is
-    left to collect the jobs: each job in progress closes its run as KILLED (outcome
-    interrupted) with its points and reports ``interrupted``, and a job starting after that
-    returns at once (see :func:`_on_job_signal`). The summary and the parent run are then
-    closed as for any interrupted sweep. A job running in this process itself (basic launcher,
-    joblib with one job at a time) is interrupted by raising, as before.
-    """
-    _stop["stopping"] = signum
-    if not (_stop["launching"] and _stop["jobs_elsewhere"]) or _stop["in_job"]:
-        return False
-    if "dir" in _launched:
-        Path(_launched["dir"], STOP_FILE).touch()
-    # SIGTERM for both: submitit's local controller passes SIGTERM on to its tasks (on SIGINT it
-    # kills them after 1 s); a job process treats both alike.
-    _signal_descendants(signal.SIGTERM)
-    return True
-
-
-def stopping() -> int:
-    """The signal number of the stop signal this process got, or 0."""
-    return _stop["stopping"]
-
-
-def kill_jobs() -> None:
-    """A second Ctrl-C: SIGKILL every process below this one (runs in progress stay RUNNING
-    until the sweep is resumed, which marks them interrupted)."""
-    _signal_descendants(signal.SIGKILL)
-
-
-def _signal_descendants(signum: int) -> None:
-    """Send ``signum`` to every process below this one (Linux's /proc; elsewhere, none)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:  # the process ended meanwhile
-            continue
-        ppid = int(text[text.rindex(")") + 2 :].split()[1])  # after "pid (comm) state"
-        children.setdefault(ppid, []).append(int(stat.parent.name))
-    todo, found = [os.getpid()], []
-    while todo:
-        below = children.get(todo.pop(), [])
-        found += below
-        todo += below
-    for pid in found:
-        try:
-            os.kill(pid, signum)
-        except OSError:
-            pass
-
-
-def _keep_sigint_from_launched_processes() -> None:
-    """Block SIGINT in the main thread, which starts submitit's processes, and take it in a
-    thread of its own instead: Python still runs the handler in the main thread.
-
-    Each submitit_local job has a controller process that, on Ctrl-C, SIGKILLs its task one
-    second later, often before the job has closed its run. A blocked signal stays blocked
-    through fork and exec, so the controllers never see Ctrl-C (SIGTERM they pass on to their
-    task), and the tasks take it once their first job unblocks it (_handle_signals_in_job_process).
-    """
-    if threading.current_thread() is not threading.main_thread():
-        return
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-
-    def receive() -> None:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-        threading.Event().wait()
-
-    threading.Thread(target=receive, name="bpexp-sigint", daemon=True).start()
-
-
-def _on_job_signal(signum: int, frame: object) -> None:
-    """Ctrl-C or SIGTERM in a job process other than the launching one: interrupt the job in
-    progress (its run is closed as KILLED), once; the launching process passes on what a
-    terminal also sent, so repeats are ignored, and a second Ctrl-C is the launching process's
-    to act on (it kills every job at once)."""
-    if _stop["stopping"]:
-        return
-    _stop["stopping"] = signum
-    if _stop["in_job"] and not store_write_defers(KeyboardInterrupt):
-        raise KeyboardInterrupt
-
-
-def store_write_defers(stop: type[BaseException]) -> bool:
-    """For a signal handler about to raise ``stop``: True if a store write is in progress,
-    which then raises it once done (:func:`bpexp.tracking.defer_interrupt`)."""
-    tracking = sys.modules.get("bpexp.tracking")  # not imported: no store write yet
-    return bool(tracking and tracking.defer_interrupt(stop))
-
-
-def _handle_signals_in_job_process() -> None:
-    """In job processes (joblib's workers, submitit's tasks), from their first job on: the
-    default SIGTERM would end them with their run left RUNNING (submitit even ignores it)."""
-    if _stop["launching"] or signal.getsignal(signal.SIGTERM) is _on_job_signal:
-        return
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, _on_job_signal)
-        signal.signal(signal.SIGTERM, _on_job_signal)
-        # Blocked in submitit's processes (see _keep_sigint_from_launched_processes); one
-        # that came meanwhile is delivered now, and the job does not start.
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-
-
-def run_job(cfg: DictConfig) -> dict:
-    """One job of a multirun: run it, record its result file, never raise (but on Ctrl-C in
-    the launching process)."""
-    _handle_signals_in_job_process()
-    if _stop["stopping"] or (job_sweep_dir() / STOP_FILE).exists():
-        return {}  # the sweep is stopping: this job does not start
-    _stop["in_job"] = True
-    try:
-        row = _run_job(cfg)
-    finally:
-        _stop["in_job"] = False
-    if not _process["frozen_after_job"]:
-        _process["frozen_after_job"] = True
-        _freeze_heap()
-    return row
-
-
 def job_sweep_dir() -> Path:
     """The folder of the multirun the current job belongs to (from Hydra's config of the job,
     in any process: the launching one, a joblib worker, a submitit task)."""
     return Path(str(HydraConfig.get().sweep.dir)).resolve()
 
 
-def _run_job(cfg: DictConfig) -> dict:
+def run_job(cfg: DictConfig) -> jobs.JobResult:
+    """One job of a multirun: run it, write its result file, never raise (but on Ctrl-C in
+    the launching process)."""
+    hydra_cfg = HydraConfig.get()
+    sweep_dir = job_sweep_dir()
+    number = int(hydra_cfg.job.num)
+    plan = jobs.read_plan(sweep_dir, number)
+    result = jobs.JobResult(
+        job=number,
+        overrides=" ".join(hydra_cfg.overrides.task),
+        arm=plan.arm,
+        stage=plan.stage,
+        process=os.getpid(),
+    )
+    with stop.job():
+        if stop.sweep_stopping(sweep_dir):
+            result.outcome = "interrupted"  # the sweep is stopping: this job does not start
+            return result
+        try:
+            _run_job(cfg, result)
+        except KeyboardInterrupt:
+            result.outcome = "interrupted"
+            result.write(sweep_dir)
+            if stop.raise_in_launcher():
+                raise
+            return result  # a job process: the launcher collects it
+    if not _process["frozen_after_job"]:
+        _process["frozen_after_job"] = True
+        _freeze_heap()
+    return result
+
+
+def _run_job(cfg: DictConfig, result: jobs.JobResult) -> None:
     from bpexp.app import execute
 
-    hydra_cfg = HydraConfig.get()
     _limit_blas_threads()
-    sweep_dir = job_sweep_dir()
-    job = int(hydra_cfg.job.num)
-    (sweep_dir / "results").mkdir(parents=True, exist_ok=True)
-    row: dict = {"job": job, "overrides": " ".join(hydra_cfg.overrides.task)}
-    protocol = hydra_cfg.sweeper.get("protocol")
-    tags = {}
-    if protocol is not None:
-        # The stage follows from the seed: confirm seeds are never tuning seeds.
-        row["stage"] = "confirm" if cfg.seed in protocol.confirm_seeds else "tune"
-        tags["bpexp.stage"] = row["stage"]
-    row["process"] = os.getpid()  # not in summary.csv: which process ran the job
+    tags = {"bpexp.arm": result.arm} if result.arm else {}
+    if result.stage:
+        tags["bpexp.stage"] = result.stage
+
+    def started(run_id: str) -> None:
+        result.run_id = run_id
+
     try:
-        result = execute(
+        run = execute(
             cfg,
             echo=True,
-            sweep_name=sweep_name(dict(hydra_cfg.runtime.choices)),
+            sweep_name=sweep_name(dict(HydraConfig.get().runtime.choices)),
             parent=ensure_parent,
             tags=tags,
+            started=started,
         )
-        row["outcome"] = "skipped" if result.skipped else result.outcome
-        row["run_outcome"] = result.outcome
-        row["steps_per_epoch"] = result.steps_per_epoch
-        if protocol is not None:
-            row["curve"] = _curve(cfg, result, protocol.yardstick)
-        row["run_id"] = result.run_id
-        row["epochs"] = len(result.history) - 1 if len(result.history) else None
-        for key in FINAL_METRICS:
-            row[key] = result.metrics.get(key)
-    except ConfigError as exc:
-        row |= {"outcome": "invalid", "error": str(exc)}
+        result.outcome, result.skipped, result.run_id = run.outcome, run.skipped, run.run_id
+        result.steps_per_epoch = run.steps_per_epoch
+        result.epochs = len(run.history) - 1 if len(run.history) else None
+        result.metrics = {k: float(v) for k, v in run.metrics.items() if k in jobs.FINAL_METRICS}
+        yardstick = _yardstick()
+        if yardstick and yardstick in run.history.columns:
+            result.curve = [float(v) for v in run.history[yardstick]]
+    except (ConfigError, TrackingError) as exc:
+        result.outcome = "invalid" if isinstance(exc, ConfigError) else "failed"
+        result.error = str(exc)
         print(f"error: {exc}", file=sys.stderr, flush=True)
-    except TrackingError as exc:
-        row |= {"outcome": "failed", "error": str(exc)}
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-    except KeyboardInterrupt as exc:
-        row |= {"outcome": "interrupted", "run_id": getattr(exc, "run_id", None)}
-        _write_result(sweep_dir, row)
-        if _stop["launching"]:
-            raise
-        # A job process (see stop_jobs): the job returns, so that the launcher collects it.
-        return row
     except Exception as exc:
-        row |= {"outcome": "failed", "error": f"{type(exc).__name__}: {exc}"}
+        result.outcome, result.error = "failed", f"{type(exc).__name__}: {exc}"
         traceback.print_exc()
-    _write_result(sweep_dir, row)
-    return row
+    result.write(job_sweep_dir())
 
 
-def _curve(cfg: DictConfig, result, metric: str) -> list[float]:
-    """``metric`` at every epoch (0 = at initialisation) of a job's run, for time to target: from
-    the run itself, or from the store for a job skipped because its run exists."""
-    if metric in result.history.columns:
-        return [float(v) for v in result.history[metric]]
-    if not result.run_id:
-        return []
-    from bpexp import tracking as tr
-
-    client = tr.connect(tr.tracking_uri(cfg.tracking.uri), cfg.tracking.timeout_seconds)
-    points = sorted((m.step, m.value) for m in client.get_metric_history(result.run_id, metric))
-    return [float(v) for _, v in points]
-
-
-def _write_result(sweep_dir: Path, row: dict) -> None:
-    folder = sweep_dir / "results"
-    tmp = folder / f".{row['job']}.json.tmp"
-    tmp.write_text(json.dumps(row, default=str))
-    tmp.replace(folder / f"{row['job']}.json")
-
-
-def summary(sweep_dir: Path) -> pd.DataFrame:
-    """One row per job that reported: overrides, outcome, final validation and test metrics."""
-    rows = [json.loads(p.read_text()) for p in sorted((sweep_dir / "results").glob("*.json"))]
-    frame = pd.DataFrame(rows).reindex(columns=SUMMARY_COLUMNS)
-    return frame.sort_values("job").reset_index(drop=True)
+def _yardstick() -> str | None:
+    protocol = HydraConfig.get().sweeper.get("protocol")
+    return None if protocol is None else str(protocol.get("yardstick") or "val/accuracy")
 
 
 def finish(stopped: str | None = None) -> int:
@@ -393,12 +231,13 @@ def finish(stopped: str | None = None) -> int:
         return 0
     sweep_dir, uri = Path(_launched["dir"]), _launched["uri"]
     _launched.clear()
-    if stopped == "aborted" and not (sweep_dir / "results").exists():
+    if stopped == "aborted" and not (sweep_dir / jobs.RESULTS_FOLDER).exists():
         return 1  # stopped before any job (bad input, reported already): nothing to sum up
-    (sweep_dir / "results").mkdir(parents=True, exist_ok=True)
-    table = summary(sweep_dir)
+    table = jobs.summary(sweep_dir)
     table.to_csv(sweep_dir / "summary.csv", index=False)
     counts = table["outcome"].value_counts().to_dict()
+    shown = table.drop(columns=["error", "run_id"])
+    shown = shown.dropna(axis=1, how="all").loc[:, lambda f: (f != "").any()]
     with pd.option_context(
         "display.width", 200, "display.max_columns", 20, "display.max_colwidth", 60
     ):
@@ -408,11 +247,7 @@ def finish(stopped: str | None = None) -> int:
             + (f"; the sweep was {stopped}" if stopped else "")
             + ")"
         )
-        print(
-            table.drop(columns=["error", "run_id"]).to_string(
-                index=False, float_format="{:.4f}".format
-            )
-        )
+        print(shown.to_string(index=False, float_format="{:.4f}".format))
     print(f"summary: {sweep_dir / 'summary.csv'}")
     bad = table[table["outcome"].isin(["failed", "invalid"])]
     parent_file = sweep_dir / PARENT_FILE
@@ -420,7 +255,7 @@ def finish(stopped: str | None = None) -> int:
         status = {"interrupted": "KILLED", "aborted": "FAILED"}.get(
             stopped, "FAILED" if len(bad) else "FINISHED"
         )
-        _close_parent(uri, parent_file.read_text().strip(), sweep_dir, table, status)
+        _close_parent(uri, parent_file.read_text().strip(), sweep_dir, status)
     for _, row in bad.iterrows():
         print(
             f"job {row['job']} {row['outcome']} ({row['overrides']}): {row['error']}",
@@ -429,8 +264,8 @@ def finish(stopped: str | None = None) -> int:
     return 1 if len(bad) or stopped else 0
 
 
-def _close_parent(uri: str, parent: str, sweep_dir: Path, table: pd.DataFrame, status: str) -> None:
-    """Log the summary and the report (comparison, plots, arm metrics) to the parent run
+def _close_parent(uri: str, parent: str, sweep_dir: Path, status: str) -> None:
+    """Log the summary, the protocol and the report (figures, arm metrics) to the parent run
     and close it; a report failure must not lose the summary or leave the parent open."""
     from bpexp import report
     from bpexp import tracking as tr
@@ -441,7 +276,7 @@ def _close_parent(uri: str, parent: str, sweep_dir: Path, table: pd.DataFrame, s
         client.log_artifact(parent, str(sweep_dir / "summary.csv"))
         if (sweep_dir / "protocol" / "protocol.json").exists():
             _log_protocol(client, parent, sweep_dir / "protocol")
-        report.log_sweep(client, parent, sweep_dir, table)
+        report.log_sweep(client, parent, sweep_dir)
     except Exception as exc:
         print(f"warning: no sweep report: {type(exc).__name__}: {exc}", file=sys.stderr)
     finally:
@@ -449,33 +284,30 @@ def _close_parent(uri: str, parent: str, sweep_dir: Path, table: pd.DataFrame, s
 
 
 def _log_protocol(client, parent: str, folder: Path) -> None:
-    """The protocol on the parent run: its settings as ``protocol.*`` params, each arm's chosen
-    setting as ``chosen.<arm>.<key>`` params, the best arm as the tag ``bpexp.protocol.best``,
-    and the files (``protocol.json``, ``tune.csv``, ``chosen.csv``, ``final_table.csv``) as
-    artifacts under ``protocol/``."""
-    import re
-
+    """The protocol on the parent run: ``protocol/`` artifacts (``protocol.json``, the one form
+    the report reads back, ``tune.csv``, ``chosen.csv``, ``confirm.csv``, ``final_table.csv``),
+    its settings as ``protocol.*`` params for the UI, each arm's chosen setting as
+    ``chosen.<arm>.<key>`` params (the arm as in :func:`bpexp.jobs.mlflow_name`) and the best
+    arm as the tag ``bpexp.protocol.best``."""
     from mlflow.entities import Param, RunTag
 
+    from bpexp import protocol as proto
+
     plan = json.loads((folder / "protocol.json").read_text())
-    params = {
-        f"protocol.{key}": value for key, value in plan["settings"].items() if key != "search"
-    }
-    params |= {f"protocol.search.{key}": text for key, text in plan["search"].items()}
+    params = proto.Protocol.from_dict(plan["protocol"]).params()
     tags = {}
     if (folder / "chosen.csv").exists():
         chosen = pd.read_csv(folder / "chosen.csv")
         keys = [c for c in chosen.columns if c not in ("arm", "setting", "score", "seeds")]
         for row in chosen.to_dict("records"):
-            arm = re.sub(r"[^\w.:/-]+", "_", str(row["arm"]))
-            params |= {f"chosen.{arm}.{key}": row[key] for key in keys}
+            params |= {f"chosen.{jobs.mlflow_name(row['arm'])}.{k}": row[k] for k in keys}
     if (folder / "final_table.csv").exists():
         table = pd.read_csv(folder / "final_table.csv")
         if len(table):
             tags["bpexp.protocol.best"] = str(table.loc[0, "arm"])
     client.log_batch(
         parent,
-        params=[Param(k, str(v)[:6000]) for k, v in params.items()],
+        params=[Param(k, str(v)) for k, v in params.items()],
         tags=[RunTag(k, v) for k, v in tags.items()],
     )
     client.log_artifacts(parent, str(folder), "protocol")

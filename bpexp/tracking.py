@@ -40,7 +40,9 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 import bpexp
+from bpexp import stop
 from bpexp.errors import TrackingError
+from bpexp.jobs import RUNNING_LOCK
 from bpexp.trainer import EndRecord, Record, StepRecord
 
 DEFAULT_URI = "sqlite:///mlflow.db"
@@ -243,35 +245,6 @@ def git_commit() -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-# A stop signal must not interrupt a write to the store: on SQLite the transaction would be
-# left open with its lock held, and every other job of the sweep would then fail to close its
-# run ("database is locked"). While a write is in progress a signal handler only asks for the
-# interrupt (defer_interrupt), and the outermost write raises it once it is done.
-_store_write: dict = {"depth": 0, "deferred": None}
-
-
-@contextmanager
-def _uninterrupted_write() -> Iterator[None]:
-    _store_write["depth"] += 1
-    try:
-        yield
-    finally:
-        _store_write["depth"] -= 1
-    deferred = _store_write["deferred"]
-    if deferred is not None and _store_write["depth"] == 0:
-        _store_write["deferred"] = None
-        raise deferred()
-
-
-def defer_interrupt(exc_type: type[BaseException] = KeyboardInterrupt) -> bool:
-    """Called by a signal handler about to raise ``exc_type``: True if a store write is in
-    progress, which then raises it itself when done."""
-    if _store_write["depth"]:
-        _store_write["deferred"] = exc_type
-        return True
-    return False
-
-
 def _chunks(items: list, size: int) -> Iterable[list]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -319,7 +292,7 @@ class RunLogger:
         pending, tags = self._pending, tags or []
         if pending or tags:
             # The client splits at MLflow's limits itself: tags, then metrics, <= 1000 a call.
-            with _uninterrupted_write():
+            with stop.uninterrupted_write():
                 self.client.log_batch(self.run_id, metrics=pending, tags=tags, synchronous=True)
         self.points_logged += len(pending)
         self._pending = []
@@ -330,9 +303,6 @@ def process_tags() -> dict[str, str]:
     """Where a run is trained: a run left RUNNING by a process that is gone (kill -9, a lost
     node) can then be told from one still training (see :func:`close_stale_runs`)."""
     return {"bpexp.host": socket.gethostname(), "bpexp.pid": str(os.getpid())}
-
-
-RUNNING_LOCK = ".running"  # in a sweep folder, locked by the launching process while it lives
 
 
 def close_stale_runs(client: MlflowClient, experiment_id: str) -> list[str]:
@@ -392,7 +362,7 @@ def end_run(logger: RunLogger, outcome: str, extra_tags: dict[str, str] | None =
         raise ValueError(f"outcome {outcome!r} not in {OUTCOMES}")
     tags = [RunTag("outcome", outcome)] + [RunTag(k, v) for k, v in (extra_tags or {}).items()]
     sent = False
-    with _uninterrupted_write():  # a stop signal meanwhile is raised once the run is closed
+    with stop.uninterrupted_write():  # a stop signal meanwhile is raised once the run is closed
         try:
             logger.flush(tags)
             sent = True
@@ -417,7 +387,7 @@ def tracked_run(
 
     Ctrl-C or SIGTERM (KeyboardInterrupt) ends it KILLED with outcome ``interrupted``, any other
     error FAILED with ``traceback.txt`` and the reason in ``bpexp.error``; the points logged so
-    far are kept, and the error goes on up (a KeyboardInterrupt carries the ``run_id``).
+    far are kept, and the error goes on up.
     """
     all_tags = {
         "bpexp.version": bpexp.__version__,
@@ -435,16 +405,15 @@ def tracked_run(
     logger = None
     try:
         # A stop signal while the run is created is raised once it is (then closed KILLED).
-        with _uninterrupted_write():
+        with stop.uninterrupted_write():
             run = client.create_run(experiment_id, tags=all_tags, run_name=run_name)
             logger = RunLogger(client, run.info.run_id)
             for chunk in _chunks(param_list, 100):
                 client.log_batch(run.info.run_id, params=chunk, synchronous=True)
         yield logger
-    except KeyboardInterrupt as exc:
+    except KeyboardInterrupt:
         if logger is None:
             raise
-        exc.run_id = logger.run_id  # for the sweep's summary row of this job
         _close_quietly(logger, "interrupted")
         raise
     except Exception:

@@ -96,7 +96,9 @@ def test_choose_counts_a_divergence_as_worst_and_breaks_ties_by_val_loss():
         ],
         columns=["arm", "setting", "seed", "val/accuracy", "val/loss", "outcome"],
     )
-    tuned["score"] = [proto.score(p, row) for row in tuned.to_dict("records")]
+    tuned["score"] = [
+        proto.score(p, row["outcome"], row["val/accuracy"]) for row in tuned.to_dict("records")
+    ]
     assert tuned.loc[3, "score"] == -math.inf
     chosen = proto.choose(p, tuned).set_index("arm")
     assert chosen.loc["a", "setting"] == 0 and chosen.loc["a", "score"] == pytest.approx(0.91)

@@ -409,32 +409,6 @@ def test_per_run_plots_are_drawn_only_when_asked(store_uri):
     assert "plots" not in artifacts and "history.parquet" in artifacts
 
 
-def test_a_stop_signal_during_a_store_write_is_raised_after_it():
-    # A KeyboardInterrupt inside an SQLite transaction leaves its lock held, and the other jobs
-    # of a parallel sweep cannot close their runs: the write finishes first, then raises.
-    from bpexp import tracking
-
-    assert tracking.defer_interrupt() is False  # no write in progress: raise at once
-    done = []
-    with pytest.raises(KeyboardInterrupt):
-        with tracking._uninterrupted_write():
-            assert tracking.defer_interrupt() is True
-            done.append("write finished")
-    assert done == ["write finished"]
-    with tracking._uninterrupted_write():  # the deferral was used up
-        pass
-    # Writes nest (a run's end flushes, then sets its status): only the outermost one raises,
-    # and what it raises is what the handler asked for (SIGTERM's Terminated).
-    from bpexp.__main__ import Terminated
-
-    with pytest.raises(Terminated):
-        with tracking._uninterrupted_write():
-            with tracking._uninterrupted_write():
-                assert tracking.defer_interrupt(Terminated) is True
-            done.append("inner write finished, nothing raised")
-    assert done[-1] == "inner write finished, nothing raised"
-
-
 class SignalledClient(MlflowClient):
     """A real client to a real store that gets a real SIGINT of its own process right after
     the ``call``-th call of one of its writes (``method``), as a Ctrl-C landing in the middle
@@ -476,13 +450,12 @@ def test_ctrl_c_during_any_write_of_a_run_closes_it_and_leaves_the_store_usable(
     """``python -m bpexp``'s own Ctrl-C handler, a real signal: whether it lands while the run
     is created, its params or points are sent, or its status is set, the run ends closed (KILLED
     if it had not ended yet) and the store takes the next write."""
-    from bpexp.__main__ import _on_stop_signal
-    from bpexp.sweep import _stop
+    from bpexp import stop
     from bpexp.tracking import ensure_experiment, tracked_run
 
     client = SignalledClient(store_uri, method, call)
     experiment_id = ensure_experiment(MlflowClient(tracking_uri=store_uri), "bpexp")
-    previous = signal.signal(signal.SIGINT, _on_stop_signal)
+    previous = signal.signal(signal.SIGINT, stop.on_signal)
     try:
         with pytest.raises(KeyboardInterrupt):
             with tracked_run(client, experiment_id, "r", {"seed": 0}, {}) as logger:
@@ -491,7 +464,7 @@ def test_ctrl_c_during_any_write_of_a_run_closes_it_and_leaves_the_store_usable(
                 logger(EpochRecord(epoch=1, metrics={"train/loss": 0.5}))
     finally:
         signal.signal(signal.SIGINT, previous)
-        _stop["stopping"] = 0  # the handler marked this process as stopping
+        stop.reset()  # the handler marked this process as stopping
     plain = MlflowClient(tracking_uri=store_uri)
     (run,) = plain.search_runs([experiment_id])
     assert run.info.status == status, run.data.tags

@@ -7,14 +7,18 @@ line or in ``params`` is an arm key, the protocol's ``search`` keys are tuned pe
 tuning seeds, and each arm's best setting is rerun on the confirm seeds. Both stages go through
 whichever launcher is configured (basic, joblib, submitit, slurm), so jobs run as usual.
 
-Kept in the sweep folder, and logged to the parent run by :func:`bpexp.sweep.finish`:
-``protocol/protocol.json`` (the settings, the arms, the search space), ``protocol/tune.csv``
-(every tuning run's score), ``protocol/chosen.csv`` (each arm's setting) and
-``protocol/final_table.csv`` (the answer).
+The sweeper is the one source of a job's arm and stage: it writes each job's
+:class:`bpexp.jobs.JobPlan` before launching it, the job tags its run with them, and the report
+reads them back. Kept in the sweep folder, and logged to the parent run by
+:func:`bpexp.sweep.finish`: ``protocol/protocol.json`` (the protocol, :meth:`Protocol.to_dict`,
+the arms and their overrides), ``protocol/tune.csv`` (every tuning run's score),
+``protocol/chosen.csv`` (each arm's setting), ``protocol/confirm.csv`` (every confirm run) and
+``protocol/final_table.csv`` (the answer, computed here once).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import sys
@@ -30,8 +34,8 @@ from hydra.core.utils import JobStatus
 from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig, OmegaConf
 
+from bpexp import jobs, stop
 from bpexp import protocol as proto
-from bpexp import sweep
 from bpexp.errors import ConfigError
 
 
@@ -69,6 +73,7 @@ class Job:
     setting: int
     seed: int
     overrides: list[str]
+    stage: str = ""
 
 
 def _stop(message: str) -> None:
@@ -126,7 +131,10 @@ class BpexpSweeper(Sweeper):
     def sweep(self, arguments: list[str]) -> Any:
         self._check_store()
         if self.protocol_settings is None:
-            return self._grid(arguments)
+            try:
+                return self._grid(arguments)
+            except ConfigError as exc:
+                _stop(str(exc))
         try:
             settings = OmegaConf.to_container(self.protocol_settings, resolve=True)
             protocol = proto.parse(settings)
@@ -138,11 +146,9 @@ class BpexpSweeper(Sweeper):
         folder.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, folder.parent / "multirun.yaml")
         plan = {
-            "settings": settings,
-            "arms": {arm: overrides for arm, overrides in arms.items()},
+            "protocol": protocol.to_dict(),
+            "arms": arms,
             "fixed": fixed,
-            "search": {s.key: s.describe() for s in protocol.search},
-            "budget_per_arm": protocol.budget,
             "runs_per_arm": {"tune": protocol.budget * len(protocol.tune_seeds)},
         }
         (folder / "protocol.json").write_text(json.dumps(plan, indent=2))
@@ -157,7 +163,7 @@ class BpexpSweeper(Sweeper):
         tuned, tune_returns = self._tune(protocol, fixed, arms)
         returns += tune_returns
         tuned.to_csv(folder / "tune.csv", index=False)
-        if sweep.stopping():  # Ctrl-C or SIGTERM during tuning: no confirm stage
+        if stop.stopping():  # Ctrl-C or SIGTERM during tuning: no confirm stage
             return returns
         chosen = proto.choose(protocol, tuned)
         settings_of = tuned.drop_duplicates(["arm", "setting"]).set_index(["arm", "setting"])
@@ -172,7 +178,13 @@ class BpexpSweeper(Sweeper):
         ]
         chosen.to_csv(folder / "chosen.csv", index=False)
         confirm_jobs = [
-            Job(arm, -1, seed, [*fixed, *arms[arm], *self._setting(protocol, row), f"seed={seed}"])
+            Job(
+                arm,
+                -1,
+                seed,
+                [*fixed, *arms[arm], *self._setting(protocol, row), f"seed={seed}"],
+                "confirm",
+            )
             for arm, row in zip(chosen["arm"], chosen.to_dict("records"), strict=True)
             for seed in protocol.confirm_seeds
         ]
@@ -212,27 +224,20 @@ class BpexpSweeper(Sweeper):
             _stop(str(exc))
 
     def _grid(self, arguments: list[str]) -> list:
-        """Hydra's basic sweep: every combination of the swept values, in batches."""
-        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-
-        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
-        overrides = parser.parse_overrides([*self._parse_config(), *arguments])
+        """Hydra's basic sweep: every combination of the swept values, in batches; the keys
+        swept other than the seed and the settings (:data:`bpexp.jobs.NOT_ARM_KEYS`) make the
+        arms."""
+        by_key = self._overrides_by_key(arguments)
+        arm_keys = jobs.grid_arm_keys([k for k, values in by_key.items() if len(values) > 1])
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        returns = []
-        for batch in BasicSweeper.split_arguments(overrides, self.max_batch_size):
-            self.validate_batch_is_legal(batch)
-            returns.append(self.launcher.launch(batch, initial_job_idx=self.job_idx))
-            self.job_idx += len(batch)
-        return returns
+        combos = [list(c) for c in itertools.product(*by_key.values())]
+        planned = [Job(jobs.arm_label(jobs.arm_overrides(c, arm_keys)), -1, -1, c) for c in combos]
+        return self._launch(planned)[1]
 
-    # -------------------------------------------------------------------------- arms
-
-    def _arms(self, protocol: proto.Protocol, arguments: list[str]):
-        """``(protocol, fixed overrides, {arm label: its overrides})`` from ``params`` and the
-        command line (which wins). A swept key is an arm key, unless it is a search key: then its
-        values replace that key's search space."""
+    def _overrides_by_key(self, arguments: list[str]) -> OrderedDict[str, list[str]]:
+        """``params`` and the command line (which wins) as ``{key: ["key=v1", "key=v2"]}``."""
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         overrides = parser.parse_overrides([*self._parse_config(), *arguments])
         by_key: OrderedDict[str, list[str]] = OrderedDict()
@@ -244,6 +249,15 @@ class BpexpSweeper(Sweeper):
                 by_key[key] = [f"{key}={v}" for v in override.sweep_string_iterator()]
             else:
                 by_key[key] = [f"{key}={override.get_value_element_as_str()}"]
+        return by_key
+
+    # -------------------------------------------------------------------------- arms
+
+    def _arms(self, protocol: proto.Protocol, arguments: list[str]):
+        """``(protocol, fixed overrides, {arm label: its overrides})`` from ``params`` and the
+        command line (which wins). A swept key is an arm key, unless it is a search key: then its
+        values replace that key's search space."""
+        by_key = self._overrides_by_key(arguments)
         if "seed" in by_key:
             raise ConfigError(
                 f"seed={','.join(v.split('=', 1)[1] for v in by_key['seed'])}: under a protocol "
@@ -258,13 +272,8 @@ class BpexpSweeper(Sweeper):
                 arm_keys.append((key, values))
             else:
                 fixed += values
-        arms: dict[str, list[str]] = {}
-        combos: list[list[str]] = [[]]
-        for _, values in arm_keys:
-            combos = [c + [v] for c in combos for v in values]
-        for combo in combos:
-            label = " ".join(v.split("=", 1)[1] for v in combo) or "all"
-            arms[label] = combo
+        combos = itertools.product(*(values for _, values in arm_keys))
+        arms = {jobs.arm_label(list(combo)): list(combo) for combo in combos}
         return protocol, fixed, arms
 
     def _check_arms(self, protocol, fixed, arms) -> dict[str, dict]:
@@ -313,38 +322,47 @@ class BpexpSweeper(Sweeper):
 
     # -------------------------------------------------------------------------- stages
 
-    def _launch(self, jobs: list[Job]) -> tuple[list[dict], list]:
-        """Run ``jobs`` through the launcher (in batches of ``max_batch_size``); their result
-        rows, in order (a job that raised gives ``{"outcome": "failed"}``)."""
-        rows, returns = [], []
-        size = self.max_batch_size or len(jobs) or 1
-        for start in range(0, len(jobs), size):
-            batch = [job.overrides for job in jobs[start : start + size]]
+    def _launch(self, planned: list[Job]) -> tuple[list[jobs.JobResult], list]:
+        """Run ``planned`` through the launcher (in batches of ``max_batch_size``), each with its
+        plan written first; their results, in order (a job that raised gives ``failed``)."""
+        results, returns = [], []
+        sweep_dir = Path(str(self.config.hydra.sweep.dir)).resolve()
+        size = self.max_batch_size or len(planned) or 1
+        for start in range(0, len(planned), size):
+            part = planned[start : start + size]
+            batch = [job.overrides for job in part]
             self.validate_batch_is_legal(batch)
-            results = self.launcher.launch(batch, initial_job_idx=self.job_idx)
+            jobs.write_plans(sweep_dir, self.job_idx, [jobs.JobPlan(j.arm, j.stage) for j in part])
+            launched = self.launcher.launch(batch, initial_job_idx=self.job_idx)
+            returns.append(launched)
+            for i, r in enumerate(launched):
+                ok = r.status == JobStatus.COMPLETED and isinstance(r.return_value, jobs.JobResult)
+                results.append(r.return_value if ok else jobs.JobResult(self.job_idx + i))
             self.job_idx += len(batch)
-            returns.append(results)
-            for r in results:
-                ok = r.status == JobStatus.COMPLETED and isinstance(r._return_value, dict)
-                rows.append(r._return_value if ok else {"outcome": "failed"})
-        return rows, returns
+        return results, returns
 
     def _tune(self, protocol, fixed, arms):
         if protocol.sampler == "tpe":
             return self._tune_tpe(protocol, fixed, arms)
         settings = proto.grid(protocol)
-        jobs = [
-            Job(arm, i, seed, [*fixed, *overrides, *self._setting(protocol, s), f"seed={seed}"])
+        planned = [
+            Job(
+                arm,
+                i,
+                seed,
+                [*fixed, *overrides, *self._setting(protocol, s), f"seed={seed}"],
+                "tune",
+            )
             for arm, overrides in arms.items()
             for i, s in enumerate(settings)
             for seed in protocol.tune_seeds
         ]
-        print(f"protocol: tune stage, {len(jobs)} runs", flush=True)
-        rows, returns = self._launch(jobs)
+        print(f"protocol: tune stage, {len(planned)} runs", flush=True)
+        rows, returns = self._launch(planned)
         frame = pd.DataFrame(
             [
                 self._tuned(protocol, job, settings[job.setting], row)
-                for job, row in zip(jobs, rows, strict=True)
+                for job, row in zip(planned, rows, strict=True)
             ]
         )
         return frame, [returns]
@@ -367,9 +385,9 @@ class BpexpSweeper(Sweeper):
         frames, returns = [], []
         print(f"protocol: tune stage (TPE), {protocol.budget} rounds", flush=True)
         for round_ in range(protocol.budget):
-            if sweep.stopping():
+            if stop.stopping():
                 break
-            trials, jobs, settings = {}, [], {}
+            trials, planned, settings = {}, [], {}
             for arm, overrides in arms.items():
                 trial = studies[arm].ask()
                 setting = {}
@@ -380,21 +398,22 @@ class BpexpSweeper(Sweeper):
                         value = trial.suggest_float(space.key, space.low, space.high, log=space.log)
                     setting[space.key] = float(f"{value:.3g}")
                 trials[arm], settings[arm] = trial, setting
-                jobs += [
+                planned += [
                     Job(
                         arm,
                         round_,
                         s,
                         [*fixed, *overrides, *self._setting(protocol, setting), f"seed={s}"],
+                        "tune",
                     )
                     for s in protocol.tune_seeds
                 ]
-            rows, batch_returns = self._launch(jobs)
+            rows, batch_returns = self._launch(planned)
             returns.append(batch_returns)
             frame = pd.DataFrame(
                 [
                     self._tuned(protocol, j, settings[j.arm], row)
-                    for j, row in zip(jobs, rows, strict=True)
+                    for j, row in zip(planned, rows, strict=True)
                 ]
             )
             for arm, trial in trials.items():
@@ -405,34 +424,34 @@ class BpexpSweeper(Sweeper):
         return pd.concat(frames, ignore_index=True), returns
 
     @staticmethod
-    def _tuned(protocol, job: Job, setting: dict, row: dict) -> dict:
+    def _tuned(protocol, job: Job, setting: dict, result: jobs.JobResult) -> dict:
+        value = result.value(protocol.yardstick)
         return {
             "arm": job.arm,
             "setting": job.setting,
             **setting,
             "seed": job.seed,
-            "outcome": row.get("run_outcome") or row.get("outcome"),
-            protocol.yardstick: row.get(protocol.yardstick),
-            proto.TIE_BREAK: row.get(proto.TIE_BREAK),
-            "score": proto.score(protocol, row),
-            "run_id": row.get("run_id"),
+            "outcome": result.outcome,
+            protocol.yardstick: value,
+            proto.TIE_BREAK: result.value(proto.TIE_BREAK),
+            "score": proto.score(protocol, result.outcome, value),
+            "run_id": result.run_id,
         }
 
     @staticmethod
-    def _confirmed(protocol, job: Job, row: dict) -> dict:
-        curve = row.get("curve") or []
+    def _confirmed(protocol, job: Job, result: jobs.JobResult) -> dict:
         epochs = math.inf
-        if protocol.target is not None and curve:
+        if protocol.target is not None and result.curve:
             epochs = proto.time_to_target(
-                range(len(curve)), curve, protocol.target, protocol.direction
+                range(len(result.curve)), result.curve, protocol.target, protocol.direction
             )
-        steps_per_epoch = row.get("steps_per_epoch") or math.nan
+        steps_per_epoch = result.steps_per_epoch or math.nan
         return {
             "arm": job.arm,
             "seed": job.seed,
-            "outcome": row.get("run_outcome") or row.get("outcome"),
-            "value": row.get(protocol.yardstick),
+            "outcome": result.outcome,
+            "value": result.value(protocol.yardstick),
             "epochs_to_target": epochs,
             "steps_to_target": epochs * steps_per_epoch if math.isfinite(epochs) else math.inf,
-            "run_id": row.get("run_id"),
+            "run_id": result.run_id,
         }

@@ -1,0 +1,235 @@
+"""Stop signals (Ctrl-C, SIGTERM), in one place: who handles them, and what they interrupt.
+
+Every process that runs bpexp is in one of two roles, and this module owns the state of both:
+
+- **the launching process** (``python -m bpexp``, :func:`install`): the first signal interrupts
+  the run training in this process (by raising :class:`KeyboardInterrupt`, or
+  :class:`Terminated` for SIGTERM), or, when a sweep's jobs run in other processes (joblib's
+  workers, submitit's tasks), asks them to stop instead and lets the launcher collect them
+  (:func:`_stop_jobs_elsewhere`). A second signal kills every process below this one and exits
+  at once; resuming the sweep closes the runs left RUNNING.
+- **a job process** other than the launching one (:func:`job`): its first signal interrupts the
+  job in progress, whose run is closed KILLED with its points; repeats are ignored.
+
+Either way a signal never interrupts a write to the store (:func:`uninterrupted_write`): on
+SQLite the transaction would keep its lock, and no other job of the sweep could close its run.
+While a write is in progress the handler only asks for the interrupt, and the outermost write
+raises it once done.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+STOP_FILE = ".stopping"  # in the sweep folder once the launching process got a stop signal
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a cluster's preemption, ``kill``): handled like Ctrl-C, so the run in progress
+    is closed as KILLED with its metrics kept."""
+
+
+@dataclass
+class _State:
+    launching: bool = False  # this process started the multirun
+    sweep_dir: Path | None = None  # ... in this folder
+    jobs_elsewhere: bool = False  # ... and its launcher runs jobs in other processes
+    in_job: bool = False  # a job is training in this process
+    signum: int = 0  # the first stop signal this process got; 0 before
+    write_depth: int = 0  # store writes in progress (they nest)
+    deferred: type[BaseException] | None = None  # what to raise once the writes are done
+
+
+_state = _State()
+
+
+def stopping() -> int:
+    """The signal number of the stop signal this process got, or 0."""
+    return _state.signum
+
+
+def sweep_stopping(sweep_dir: Path) -> bool:
+    """Whether this process, or the process that launched the sweep in ``sweep_dir``, got a
+    stop signal: a job that has not started yet then does not start."""
+    return bool(_state.signum) or (sweep_dir / STOP_FILE).exists()
+
+
+def exit_code(signum: int | None = None) -> int:
+    """The shell's convention: 128 + the signal (130 for Ctrl-C, 143 for SIGTERM)."""
+    return 143 if (signum or _state.signum) == signal.SIGTERM else 130
+
+
+def reset() -> None:
+    """Forget a stop signal (tests that send one to their own process)."""
+    _state.signum, _state.deferred = 0, None
+
+
+# ----------------------------------------------------------------------- store writes
+
+
+@contextmanager
+def uninterrupted_write() -> Iterator[None]:
+    """A store write that a stop signal does not cut: the signal is raised after it."""
+    _state.write_depth += 1
+    try:
+        yield
+    finally:
+        _state.write_depth -= 1
+    deferred = _state.deferred
+    if deferred is not None and _state.write_depth == 0:
+        _state.deferred = None
+        raise deferred()
+
+
+def defer(exc_type: type[BaseException] = KeyboardInterrupt) -> bool:
+    """For a signal handler about to raise ``exc_type``: True if a store write is in progress,
+    which then raises it itself when done."""
+    if _state.write_depth:
+        _state.deferred = exc_type
+        return True
+    return False
+
+
+# ------------------------------------------------------------------ launching process
+
+
+def install() -> None:
+    """Take Ctrl-C and SIGTERM in the launching process (``python -m bpexp``)."""
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+
+def launching(sweep_dir: Path, launcher: str) -> None:
+    """This process launches the multirun in ``sweep_dir`` with ``launcher`` (its target)."""
+    _state.launching = True
+    _state.sweep_dir = sweep_dir
+    _state.jobs_elsewhere = "joblib" in launcher or "submitit" in launcher
+    (sweep_dir / STOP_FILE).unlink(missing_ok=True)  # left by an earlier, stopped sweep
+    if "submitit" in launcher:
+        _keep_sigint_from_launched_processes()
+
+
+def on_signal(signum: int, frame: object) -> None:
+    """Ctrl-C (SIGINT) or SIGTERM in the launching process (see the module's docstring)."""
+    if _state.signum:
+        _signal_descendants(signal.SIGKILL)
+        print(
+            "\nstopped at once (second signal); resuming the sweep closes its runs", file=sys.stderr
+        )
+        os._exit(128 + signum)
+    _state.signum = signum
+    if _state.launching and _state.jobs_elsewhere and not _state.in_job:
+        _stop_jobs_elsewhere()
+        print(f"\n{signal.Signals(signum).name}: stopping the sweep's jobs", file=sys.stderr)
+        return
+    stop = Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+    if defer(stop):
+        return  # a store write is in progress: it raises once done
+    raise stop
+
+
+def _stop_jobs_elsewhere() -> None:
+    """Where the jobs run in other processes, raising would make the launcher tear them down
+    (SIGKILL) while they close their runs. Instead the sweep folder gets a ``.stopping`` file,
+    SIGTERM goes to every process below this one (a terminal's Ctrl-C already reached them;
+    ``kill PID`` did not), and the launcher is left to collect the jobs: each job in progress
+    closes its run KILLED and reports ``interrupted``, and a job starting after that returns
+    at once. SIGTERM for both signals: submitit's local controller passes SIGTERM on to its
+    tasks (on SIGINT it kills them after 1 s); a job process treats both alike."""
+    if _state.sweep_dir is not None:
+        (_state.sweep_dir / STOP_FILE).touch()
+    _signal_descendants(signal.SIGTERM)
+
+
+def _signal_descendants(signum: int) -> None:
+    """Send ``signum`` to every process below this one (Linux's /proc; elsewhere, none)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # the process ended meanwhile
+            continue
+        ppid = int(text[text.rindex(")") + 2 :].split()[1])  # after "pid (comm) state"
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    todo, found = [os.getpid()], []
+    while todo:
+        below = children.get(todo.pop(), [])
+        found += below
+        todo += below
+    for pid in found:
+        try:
+            os.kill(pid, signum)
+        except OSError:
+            pass
+
+
+def _keep_sigint_from_launched_processes() -> None:
+    """Block SIGINT in the main thread, which starts submitit's processes, and take it in a
+    thread of its own instead: Python still runs the handler in the main thread.
+
+    Each submitit_local job has a controller process that, on Ctrl-C, SIGKILLs its task one
+    second later, often before the job has closed its run. A blocked signal stays blocked
+    through fork and exec, so the controllers never see Ctrl-C (SIGTERM they pass on to their
+    task), and the tasks take it once their first job unblocks it (:func:`job`).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+    def receive() -> None:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        threading.Event().wait()
+
+    threading.Thread(target=receive, name="bpexp-sigint", daemon=True).start()
+
+
+# ------------------------------------------------------------------------ job process
+
+
+def _on_job_signal(signum: int, frame: object) -> None:
+    """Ctrl-C or SIGTERM in a job process other than the launching one: interrupt the job in
+    progress (its run is closed as KILLED), once; the launching process passes on what a
+    terminal also sent, so repeats are ignored, and a second Ctrl-C is the launching process's
+    to act on (it kills every job at once)."""
+    if _state.signum:
+        return
+    _state.signum = signum
+    if _state.in_job and not defer(KeyboardInterrupt):
+        raise KeyboardInterrupt
+
+
+def _handle_signals_in_job_process() -> None:
+    """In job processes (joblib's workers, submitit's tasks), from their first job on: the
+    default SIGTERM would end them with their run left RUNNING (submitit even ignores it)."""
+    if _state.launching or signal.getsignal(signal.SIGTERM) is _on_job_signal:
+        return
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _on_job_signal)
+        signal.signal(signal.SIGTERM, _on_job_signal)
+        # Blocked in submitit's processes (see _keep_sigint_from_launched_processes); one
+        # that came meanwhile is delivered now, and the job does not start.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+@contextmanager
+def job() -> Iterator[None]:
+    """The block in which a job trains: a stop signal interrupts it (KeyboardInterrupt)."""
+    _handle_signals_in_job_process()
+    _state.in_job = True
+    try:
+        yield
+    finally:
+        _state.in_job = False
+
+
+def raise_in_launcher() -> bool:
+    """Whether an interrupted job should re-raise: in the launching process the interrupt
+    ends the sweep; in a job process the job returns, so that the launcher collects it."""
+    return _state.launching
