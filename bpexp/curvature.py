@@ -16,6 +16,14 @@ Backward (BP1–BP4 differentiated; δ carries the batch mean's 1/m as in ``Netw
 ``sharpness`` is the largest eigenvalue of H, by the Lanczos iteration on these products
 (:func:`top_eigenvalue`), with an iteration budget and a convergence test whose meaning is exact:
 the value returned lies within ``error_bound`` of an eigenvalue of H.
+
+On demand, on the same products (docs/instruments-curvature.md), each with its cost in products:
+- the trace tr(H) by Hutch++ (:func:`hutch_plus_plus`, Meyer et al. 2021): a low-rank part
+  taken exactly, the rest by Hutchinson's estimator;
+- the k largest eigenvalues by Lanczos with full reorthogonalisation (:func:`top_eigenvalues`);
+- the eigenvalue spectral density by stochastic Lanczos quadrature (:func:`spectral_density`):
+  per probe, the Lanczos tridiagonal's eigenvalues (nodes) and squared first components
+  (weights), broadened by a Gaussian on a grid.
 """
 
 from __future__ import annotations
@@ -200,3 +208,245 @@ def sharpness_metrics(
     if threshold is not None:
         out["sharpness_threshold"] = threshold
     return out, top
+
+
+# --- Hessian trace, top-k eigenvalues and spectral density (issue 26) ------------------------
+
+# A Lanczos step whose new direction is this small against the products' scale found an
+# invariant subspace: the tridiagonal is then exact on it, and the iteration stops.
+BREAKDOWN = 1e-12
+# Points of the grid a spectral density is evaluated on.
+SPECTRUM_GRID = 512
+
+
+def _rademacher(rng: np.random.Generator, n: int, k: int) -> Array:
+    """An (n, k) matrix of independent ±1 entries."""
+    return rng.integers(0, 2, size=(n, k)).astype(np.float64) * 2.0 - 1.0
+
+
+def _apply(matvec: Callable[[Array], Array], V: Array) -> Array:
+    """matvec applied to every column of V (one product each)."""
+    out = np.empty_like(V)
+    for j in range(V.shape[1]):
+        out[:, j] = matvec(V[:, j])
+    return out
+
+
+@dataclass(frozen=True)
+class TraceEstimate:
+    """``value`` estimates tr(H) with ``hvps`` products (Hutch++)."""
+
+    value: float
+    hvps: int
+
+
+def hutch_plus_plus(
+    matvec: Callable[[Array], Array], n: int, hvps: int, rng: np.random.Generator
+) -> TraceEstimate:
+    """tr(H) of the symmetric n×n operator ``matvec`` by Hutch++ with a budget of ``hvps``
+    products (Meyer, Musco, Musco, Woodruff 2021), k = ``hvps`` // 3 (at least 1).
+
+    With S, G two n×k matrices of random signs: Q = orth(H S) catches the largest
+    eigendirections; tr(H) = tr(Qᵀ H Q) + tr((I − QQᵀ) H (I − QQᵀ)), and the second term is
+    estimated by Hutchinson with the k vectors (I − QQᵀ) G:
+        estimate = tr(Qᵀ H Q) + (1/k) Σ_j g_jᵀ (I − QQᵀ) H (I − QQᵀ) g_j.
+    Unbiased; its error falls as 1/budget where Hutchinson's falls as 1/√budget, and it is
+    exact when H has rank ≤ k. 3k products, or k + n when k ≥ n (Q is then the whole space:
+    the trace is exact and the second term is 0).
+    """
+    k = max(1, hvps // 3)
+    S = _rademacher(rng, n, k)
+    G = _rademacher(rng, n, k)
+    Q, _ = np.linalg.qr(_apply(matvec, S))
+    value = float(np.einsum("ij,ij->", Q, _apply(matvec, Q)))
+    used = k + Q.shape[1]
+    if Q.shape[1] < n:
+        G -= Q @ (Q.T @ G)
+        value += float(np.einsum("ij,ij->", G, _apply(matvec, G))) / k
+        used += k
+    return TraceEstimate(value, used)
+
+
+@dataclass(frozen=True)
+class TopEigenvalues:
+    """The Lanczos estimates of the k largest eigenvalues of a symmetric operator.
+
+    ``values`` in descending order (each Ritz value lies below the eigenvalue of the same rank);
+    an eigenvalue lies within ``error_bounds[i]`` of ``values[i]``; ``converged`` when every
+    bound fell to ``tolerance · |value|`` within the budget; ``hvps`` products were made.
+    """
+
+    values: Array
+    error_bounds: Array
+    converged: bool
+    hvps: int
+
+
+def top_eigenvalues(
+    matvec: Callable[[Array], Array],
+    start: Array,
+    k: int,
+    max_iterations: int,
+    tolerance: float = DEFAULT_TOLERANCE,
+) -> TopEigenvalues:
+    """The k largest (algebraic) eigenvalues of the symmetric operator ``matvec`` by Lanczos
+    with full reorthogonalisation, as :func:`top_eigenvalue` does for the largest one.
+
+    After j products T_j = Q_jᵀ H Q_j has eigenpairs (θ_i, s_i); the residual of each Ritz pair
+    is β_j |s_{j,i}|, and an eigenvalue of H lies within it of θ_i. Stops when the k largest
+    Ritz values all have ``bound ≤ tolerance · |θ_i|``, when the budget is spent or when the
+    Krylov space is invariant (then its Ritz values are exact eigenvalues). Lanczos from one
+    start vector sees one direction of each eigenspace: an eigenvalue of multiplicity r
+    appears once. Fewer than k values come back only when the Krylov space is invariant (or
+    the whole space) before k steps.
+    A non-finite product gives NaN values, not converged.
+    """
+    n = start.size
+    budget = min(max_iterations, n)
+    Q = np.zeros((budget + 1, n))
+    Q[0] = start / np.linalg.norm(start)
+    alphas: list[float] = []
+    betas: list[float] = []
+    values, bounds = np.full(k, math.nan), np.full(k, math.inf)
+    done = False
+    j = 0
+    for j in range(1, budget + 1):
+        w = np.asarray(matvec(Q[j - 1]), dtype=np.float64)
+        alphas.append(float(Q[j - 1] @ w))
+        basis = Q[:j]
+        for _ in range(2):
+            w -= basis.T @ (basis @ w)
+        beta = float(np.linalg.norm(w))
+        if not (math.isfinite(beta) and all(map(math.isfinite, alphas))):
+            return TopEigenvalues(np.full(k, math.nan), np.full(k, math.inf), False, j)
+        T = np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
+        theta, S = np.linalg.eigh(T)
+        top = slice(None, -k - 1, -1)
+        values, bounds = theta[top], beta * np.abs(S[-1, top])
+        invariant = beta <= BREAKDOWN * max(np.abs(theta).max(), 1e-300) or j == n
+        done = len(values) == k and bool(np.all(bounds <= tolerance * np.abs(values)))
+        if done or invariant:
+            done = done or invariant
+            break
+        betas.append(beta)
+        Q[j] = w / beta
+    return TopEigenvalues(values.copy(), bounds.copy(), bool(done), j)
+
+
+def lanczos_tridiagonal(
+    matvec: Callable[[Array], Array], start: Array, steps: int
+) -> tuple[Array, Array]:
+    """The diagonal and off-diagonal of T = Qᵀ H Q after ``steps`` Lanczos steps from
+    ``start`` (full reorthogonalisation), fewer when the Krylov space is invariant sooner.
+    One product a step; non-finite products give NaN diagonals."""
+    n = start.size
+    steps = min(steps, n)
+    Q = np.zeros((steps, n))
+    Q[0] = start / np.linalg.norm(start)
+    alphas: list[float] = []
+    betas: list[float] = []
+    for j in range(steps):
+        w = np.asarray(matvec(Q[j]), dtype=np.float64)
+        alphas.append(float(Q[j] @ w))
+        basis = Q[: j + 1]
+        for _ in range(2):
+            w -= basis.T @ (basis @ w)
+        beta = float(np.linalg.norm(w))
+        if not math.isfinite(beta) or not math.isfinite(alphas[-1]):
+            return np.full(len(alphas), math.nan), np.asarray(betas)
+        scale = max(max(abs(a) for a in alphas), max(betas, default=0.0), 1e-300)
+        if j == steps - 1 or beta <= BREAKDOWN * scale:
+            break
+        betas.append(beta)
+        Q[j + 1] = w / beta
+    return np.asarray(alphas), np.asarray(betas)
+
+
+@dataclass(frozen=True)
+class SpectralDensity:
+    """The eigenvalue density of H by stochastic Lanczos quadrature.
+
+    ``nodes[p, j]`` and ``weights[p, j]``: the Ritz values of probe p and their quadrature
+    weights (each row sums to 1; rows padded with NaN nodes and 0 weights when a probe's Krylov
+    space was invariant before ``steps``). ``density`` on ``grid``: the nodes broadened by a
+    Gaussian of standard deviation ``sigma``, averaged over probes; it integrates to 1 (its
+    integral over an interval estimates the fraction of H's n eigenvalues in it).
+    ``hvps`` products were made, ``steps`` a probe at most.
+    """
+
+    grid: Array
+    density: Array
+    nodes: Array
+    weights: Array
+    sigma: float
+    steps: int
+    probes: int
+    hvps: int
+
+
+def spectral_density(
+    matvec: Callable[[Array], Array],
+    n: int,
+    steps: int,
+    probes: int,
+    rng: np.random.Generator,
+    relative_sigma: float = 0.01,
+    grid_points: int = SPECTRUM_GRID,
+) -> SpectralDensity:
+    """The eigenvalue spectral density of the symmetric n×n operator ``matvec`` by stochastic
+    Lanczos quadrature (Golub and Meurant; Ghorbani, Krishnan, Xiao 2019; PyHessian).
+
+    For a unit Gaussian probe v, vᵀ f(H) v = Σ_i (v·u_i)² f(λ_i) is approximated by Gauss
+    quadrature: T = ``steps`` Lanczos steps from v, with eigenpairs (θ_j, s_j), gives
+    Σ_j s_{1j}² f(θ_j), exact for polynomials f of degree < 2·steps. Since E[(v·u_i)²] = 1/n,
+    the mean over ``probes`` probes of Σ_j s_{1j}² g(t − θ_j), g a Gaussian, estimates the
+    broadened density (1/n) Σ_i g(t − λ_i). The Gaussian's standard deviation is
+    ``relative_sigma`` times the width of the nodes' range; the grid runs from 5 of them below
+    the smallest node to 5 above the largest. Costs probes · steps products at most.
+    """
+    steps = min(steps, n)
+    nodes = np.full((probes, steps), math.nan)
+    weights = np.zeros((probes, steps))
+    hvps = 0
+    for p in range(probes):
+        alphas, betas = lanczos_tridiagonal(matvec, rng.standard_normal(n), steps)
+        hvps += len(alphas)
+        if not np.all(np.isfinite(alphas)):
+            continue
+        theta, S = np.linalg.eigh(np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1))
+        nodes[p, : len(theta)], weights[p, : len(theta)] = theta, S[0] ** 2
+    finite = np.isfinite(nodes)
+    if not finite.any():
+        grid = np.full(grid_points, math.nan)
+        return SpectralDensity(grid, grid.copy(), nodes, weights, math.nan, steps, probes, hvps)
+    low, high = float(nodes[finite].min()), float(nodes[finite].max())
+    sigma = relative_sigma * max(high - low, abs(high), abs(low), 1e-300)
+    grid = np.linspace(low - 5 * sigma, high + 5 * sigma, grid_points)
+    used = np.where(finite, nodes, 0.0)
+    density = np.zeros(grid_points)
+    for p in range(probes):
+        gauss = np.exp(-0.5 * ((grid[:, None] - used[p][None, :]) / sigma) ** 2)
+        density += gauss @ weights[p]
+    density /= probes * sigma * math.sqrt(2 * math.pi)
+    return SpectralDensity(grid, density, nodes, weights, sigma, steps, probes, hvps)
+
+
+def save_spectra(path: str, spectra: dict[int, SpectralDensity]) -> None:
+    """Write spectra measured at several epochs to one ``.npz``: ``epochs`` and, per epoch e,
+    ``grid_e``, ``density_e``, ``nodes_e``, ``weights_e`` (the format :func:`load_spectra`
+    reads and ``bpexp.cockpit_plots.spectrum_figure`` draws)."""
+    arrays: dict[str, Array] = {"epochs": np.array(sorted(spectra), dtype=np.int64)}
+    for epoch, s in spectra.items():
+        arrays |= {
+            f"grid_{epoch}": s.grid,
+            f"density_{epoch}": s.density,
+            f"nodes_{epoch}": s.nodes,
+            f"weights_{epoch}": s.weights,
+        }
+    np.savez(path, **arrays)
+
+
+def load_spectra(path: str) -> dict[int, tuple[Array, Array]]:
+    """``{epoch: (grid, density)}`` from a file written by :func:`save_spectra`."""
+    with np.load(path, allow_pickle=False) as npz:
+        return {int(e): (npz[f"grid_{e}"], npz[f"density_{e}"]) for e in npz["epochs"].tolist()}

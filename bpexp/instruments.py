@@ -20,11 +20,19 @@ Measured on a fixed probe batch of training samples. Layers are numbered l = 1..
   weights of layer l alone (1/B of that layer).
 - ``distance_from_init/W{l}``: ||W^l − W^l_0||_F from the initial weights, and
   ``distance_from_init_ratio/W{l}``: the same over ||W^l_0||_F (:func:`distances_from_init`).
+- ``norm_test/{probe,batch}``, ``inner_product_test/{probe,batch}``,
+  ``orthogonality_test/{probe,batch}``: Cockpit's three gradient tests (Byrd et al. 2012,
+  Bollapragada et al. 2018) from per-example gradient norms and projections, never forming a
+  per-example gradient (:func:`gradient_tests`).
+- ``alpha`` and ``update_size``: where one step lands on a quadratic fitted along it to the
+  loss and slope before and after (Cockpit's α: 0 = the minimum, 1 = the far side), and
+  ||Δθ|| of that step (:func:`step_alpha`).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -167,4 +175,184 @@ def update_ratios(net: Network, params_before: Array) -> dict[str, float]:
         norm = _norm(W0)
         change = _norm(np.subtract(W, W0))
         out[f"update_ratio/W{l}"] = change / norm if norm > 0 else float("inf")
+    return out
+
+
+# --- Cockpit's gradient tests, α and update size (issue 26) ----------------------------------
+
+
+def _per_example(net: Network, trace, direction: Array | None = None) -> tuple[Array, Array]:
+    """Per-example squared gradient norms ||g_x||² and projections g_x·D (D = ``direction``
+    in the flat layout of ``net.params``, or ``net.grad`` when None) from the trace of the last
+    ``backprop`` (scale 1), over all parameters.
+
+    g_x of W^l is δ^l(x) a^{l-1}(x)ᵀ and of b^l is δ^l(x), so ||g_x||² = Σ_l ||δ^l(x)||²
+    (||a^{l-1}(x)||² + 1) and g_x·D = Σ_l δ^l(x)·(D_W^l a^{l-1}(x) + D_b^l): one product of the
+    probe's activations with D_W^l per layer, as a forward pass with D for weights. The pairwise
+    form g_x·g_y = (a_x·a_y)(δ_x·δ_y) gives the same sums at m² cost; not needed here.
+    """
+    m = trace.a[0].shape[0]
+    shapes = [W.shape for W in net.W]
+    DW, Db = param_views(net.grad if direction is None else direction, shapes)
+    squares = np.zeros(m)
+    projections = np.zeros(m)
+    for l in range(net.n_layers):
+        delta, a = trace.delta[l], trace.a[l]
+        delta_sq = np.einsum("ij,ij->i", delta, delta)
+        squares += delta_sq * (np.einsum("ij,ij->i", a, a) + 1.0)
+        projections += np.einsum("ij,ij->i", delta, a @ DW[l].T + Db[l])
+    # δ rows hold δ(x)/m: undo the factor m² and m.
+    return squares * (m * m), projections * m
+
+
+def gradient_tests(net: Network, X: Array, where: str) -> dict[str, float]:
+    """Cockpit's norm, inner-product and orthogonality tests on the m samples of the last
+    ``backprop`` (on X, scale 1; ``net.grad`` is their mean gradient Ĝ), named
+    ``norm_test/{where}``, ``inner_product_test/{where}``, ``orthogonality_test/{where}``.
+
+    Each is the largest tolerance for which the test would pass, as Cockpit computes it, with
+    g_x the per-example gradients and p_x = g_x·Ĝ:
+        norm test (Byrd et al. 2012, eq. 3.9):
+            √( Σ_x ||g_x − Ĝ||² / (m − 1) / (m ||Ĝ||²) )
+        inner-product test (Bollapragada et al. 2018, eq. 2.6):
+            √( Σ_x (p_x − ||Ĝ||²)² / (m − 1) / (m ||Ĝ||⁴) )
+        orthogonality test (Bollapragada et al. 2018, eq. 3.3):
+            √( Σ_x ||g_x − (p_x/||Ĝ||²) Ĝ||² / (m − 1) / (m ||Ĝ||²) )
+    The sums come from ||g_x||² and p_x (:func:`_per_example`): Σ||g_x − Ĝ||² =
+    Σ||g_x||² − m||Ĝ||², Σ(p_x − ||Ĝ||²)² = Σp_x² − m||Ĝ||⁴ (the mean of p_x is ||Ĝ||²) and
+    Σ||g_x − (p_x/||Ĝ||²)Ĝ||² = Σ||g_x||² − Σp_x²/||Ĝ||². Nothing with m < 2 or Ĝ = 0.
+    """
+    m = X.shape[0]
+    mean_sq = float(np.dot(net.grad, net.grad))
+    if m < 2 or not mean_sq > 0:
+        return {}
+    squares, projections = _per_example(net, net.trace(X))
+    total_sq = float(squares.sum())
+    proj_sq = float(projections @ projections)
+    norm_var = max(total_sq - m * mean_sq, 0.0) / (m - 1)
+    inner_var = max(proj_sq - m * mean_sq * mean_sq, 0.0) / (m - 1)
+    ortho_var = max(total_sq - proj_sq / mean_sq, 0.0) / (m - 1)
+    return {
+        f"norm_test/{where}": math.sqrt(norm_var / (m * mean_sq)),
+        f"inner_product_test/{where}": math.sqrt(inner_var / (m * mean_sq * mean_sq)),
+        f"orthogonality_test/{where}": math.sqrt(ortho_var / (m * mean_sq)),
+    }
+
+
+def sample_losses(cost: Cost, a: Array, Y: Array) -> Array:
+    """The cost of each sample (row) of the outputs ``a``; their mean is ``cost.fn(a, Y)``."""
+    if cost.name == "quadratic":
+        diff = a - Y
+        return 0.5 * np.einsum("ij,ij->i", diff, diff)
+    if cost.name == "cross_entropy":
+        a_safe = np.clip(a, np.finfo(a.dtype).tiny, 1.0 - np.finfo(a.dtype).epsneg)
+        return -np.sum(Y * np.log(a_safe) + (1.0 - Y) * np.log1p(-a_safe), axis=1)
+    if cost.name == "softmax_cross_entropy":
+        return -np.sum(Y * np.log(np.maximum(a, np.finfo(a.dtype).tiny)), axis=1)
+    return np.array([cost.fn(a[i : i + 1], Y[i : i + 1]) for i in range(a.shape[0])])
+
+
+@dataclass(frozen=True)
+class LineObservation:
+    """The loss f and its slope f' along a unit direction u at one point, on m samples: the
+    means over samples and their variances over samples (ddof 1), as Cockpit's α uses them."""
+
+    f: float
+    df: float
+    var_f: float
+    var_df: float
+
+
+def observe_line(net: Network, X: Array, Y: Array, cost: Cost, unit: Array) -> LineObservation:
+    """f, f' = ∇C·u and their per-sample variances from the last ``backprop`` on (X, Y)."""
+    trace = net.trace(X)
+    losses = sample_losses(cost, trace.a[-1], Y)
+    _, slopes = _per_example(net, trace, unit)
+    ddof = 1 if X.shape[0] > 1 else 0
+    return LineObservation(
+        float(losses.mean()),
+        float(slopes.mean()),
+        float(losses.var(ddof=ddof)),
+        float(slopes.var(ddof=ddof)),
+    )
+
+
+# Cockpit's stand-in for a variance of 0 in the fit's weights.
+ALPHA_EPS = 1e-10
+
+
+def fit_alpha(t: float, start: LineObservation, end: LineObservation) -> float | None:
+    """Cockpit's α of a step of length t from the observations at its two ends.
+
+    Fits f(τ) = c + bτ + aτ² to f(0), f(t), f'(0), f'(t) by least squares weighted by the
+    inverse variances (a variance of 0 is replaced by 1e-10, as Cockpit does). The quadratic
+    returns to f(0) at ᾱ = −b/a, its minimum is at ᾱ/2, and α = 2t/ᾱ − 1: −1 for no step,
+    0 for a step to the minimum, 1 for a step to the far side at the starting height, above 1
+    for a step that climbs. A concave fit (a < 0) gives −1, as in Cockpit; a fit that cannot be
+    made (a singular system, e.g. t = 0) gives None, or −1 when t = 0.
+    """
+    Phi = np.array([[1.0, 0.0, 0.0], [1.0, t, t * t], [0.0, 1.0, 0.0], [0.0, 1.0, 2.0 * t]]).T
+    variances = [start.var_f, end.var_f, start.var_df, end.var_df]
+    variances = [v if v != 0 else ALPHA_EPS for v in variances]
+    observed = np.array([start.f, end.f, start.df, end.df])
+    try:
+        weights = np.diag(1.0 / np.array(variances))
+        mu = np.linalg.solve(Phi @ weights @ Phi.T, Phi @ weights @ observed)
+    except np.linalg.LinAlgError:
+        return -1.0 if t == 0.0 else None
+    if not np.all(np.isfinite(mu)):
+        return -1.0 if t == 0.0 else None
+    if mu[2] < 0:
+        return -1.0
+    return float(2.0 * t * mu[2] / -mu[1] - 1.0) if mu[1] != 0 else None
+
+
+def step_direction(before: Array, after: Array) -> tuple[float, Array]:
+    """t = ||after − before|| and the unit vector (after − before)/t (the difference itself
+    when t = 0)."""
+    step = np.subtract(after, before)
+    t = _norm(step)
+    return t, (step / t if t > 0 else step)
+
+
+def step_alpha(
+    net: Network,
+    X: Array,
+    Y: Array,
+    cost: Cost,
+    before: Array,
+    after: Array,
+    end: LineObservation | None = None,
+) -> dict[str, float]:
+    """``alpha`` and ``update_size`` of the step from the weights ``before`` to ``after``
+    (flat copies of ``net.params``), measured on the samples (X, Y).
+
+    update_size = t = ||after − before|| over all parameters; u = (after − before)/t. f and f'
+    along u are observed at both ends (:func:`observe_line`; ``end``, if given, is the
+    observation at ``after`` already made) and fitted by :func:`fit_alpha`. Runs ``backprop``
+    on (X, Y) at ``before`` (and at ``after`` when ``end`` is None) and puts ``net.params``
+    back exactly as it was; ``net.grad`` and the buffers of X's size are overwritten.
+    α is left out when the fit cannot be made or the losses are not finite.
+    """
+    t, unit = step_direction(before, after)
+    out = {"update_size": t}
+    if not t > 0 or not math.isfinite(t):
+        return out
+    current = net.params.copy()
+    try:
+        if end is None:
+            net.params[...] = after
+            net.backprop(X, Y, cost)
+            end = observe_line(net, X, Y, cost, unit)
+        net.params[...] = before
+        net.backprop(X, Y, cost)
+        start = observe_line(net, X, Y, cost, unit)
+    finally:
+        net.params[...] = current
+    observed = (start.f, end.f, start.df, end.df, start.var_f, end.var_f, start.var_df)
+    if not all(map(math.isfinite, (*observed, end.var_df))):
+        return out
+    alpha = fit_alpha(t, start, end)
+    if alpha is not None:
+        out["alpha"] = alpha
     return out

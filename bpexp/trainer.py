@@ -7,7 +7,14 @@ Records, with step 0 of the epoch series at initialisation, before any update:
 - ``EpochRecord(epoch, metrics)``: ``train/loss``, ``train/accuracy``, ``val/loss``,
   ``val/accuracy`` and the per-layer instruments of :mod:`bpexp.instruments`; every
   ``sharpness_every`` epochs (0 included) ``sharpness``, ``sharpness_converged`` and
-  ``sharpness_threshold`` (:mod:`bpexp.curvature`);
+  ``sharpness_threshold`` (:mod:`bpexp.curvature`); with ``instruments``, every
+  ``gradient_tests_every`` epochs Cockpit's gradient tests on the probe and on one mini-batch,
+  and every ``alpha_every`` epochs (from 1) ``alpha`` and ``update_size`` of the epoch's last
+  full-batch step (:mod:`bpexp.instruments`); every ``trace_every``, ``top_k_every`` and
+  ``spectrum_every`` epochs (0 included; 0 = never, the default) the Hessian's trace, top-k
+  eigenvalues and spectral density on the probe, each with its cost in Hessian-vector
+  products; the density's arrays ride on the record as ``spectrum``
+  (:class:`bpexp.curvature.SpectralDensity`), and are kept in ``TrainResult.spectra``;
 - ``StepRecord(step, epoch, batch_loss)`` every ``log_every_n_steps`` updates (global step;
   automatic by default, see :func:`log_stride`);
 - ``EndRecord(epoch, metrics, outcome)`` once: ``test/loss``, ``test/accuracy`` and the outcome,
@@ -29,7 +36,7 @@ from bpexp.errors import bad_value
 from bpexp.instruments import DEFAULT_EPSILON
 from bpexp.network import Network, add_l2_gradient
 from bpexp.optimizer import Optimizer, State, sharpness_threshold
-from bpexp.rng import stream
+from bpexp.rng import PURPOSES, stream
 
 Array = np.ndarray
 
@@ -56,6 +63,18 @@ class TrainerConfig:
     max_loss: float = 1e6
     sharpness_every: int = 15  # epochs between two sharpness measurements; 0: never
     sharpness_iterations: int = curvature.DEFAULT_ITERATIONS  # Lanczos budget (H v products)
+    # Cockpit's instruments (docs/instruments-curvature.md); the first two need ``instruments``.
+    gradient_tests_every: int = 1  # norm, inner-product, orthogonality tests; 0: never
+    alpha_every: int = 1  # alpha and update_size of the last full-batch step; 0: never
+    trace_every: int = 0  # Hutch++ trace of the probe's Hessian; 0: never
+    trace_hvps: int = 30  # Hutch++ budget in H v products (3 per probe vector)
+    top_k_every: int = 0  # the top_k largest Hessian eigenvalues by Lanczos; 0: never
+    top_k: int = 5
+    top_k_iterations: int = 40  # Lanczos budget (H v products)
+    spectrum_every: int = 0  # eigenvalue spectral density by stochastic Lanczos quadrature
+    spectrum_steps: int = 30  # Lanczos steps per probe vector (H v products)
+    spectrum_probes: int = 4  # probe vectors
+    spectrum_sigma: float = 0.01  # Gaussian broadening, as a fraction of the spectrum's width
 
 
 @dataclass(frozen=True)
@@ -69,6 +88,7 @@ class StepRecord:
 class EpochRecord:
     epoch: int
     metrics: dict[str, float]
+    spectrum: curvature.SpectralDensity | None = None  # at the spectrum_every epochs
 
 
 @dataclass(frozen=True)
@@ -89,6 +109,7 @@ class TrainResult:
     steps: int
     history: list[dict[str, float]] = field(default_factory=list)  # one dict per epoch 0..E
     final_metrics: dict[str, float] = field(default_factory=dict)
+    spectra: dict[int, curvature.SpectralDensity] = field(default_factory=dict)  # by epoch
 
 
 def validate(cfg: TrainerConfig, n_train: int) -> None:
@@ -115,6 +136,35 @@ def validate(cfg: TrainerConfig, n_train: int) -> None:
         raise bad_value("trainer.sharpness_every", cfg.sharpness_every, "0 (never) or >= 1")
     if cfg.sharpness_iterations < 1:
         raise bad_value("trainer.sharpness_iterations", cfg.sharpness_iterations, ">= 1")
+    for key in EVERY_KEYS:
+        if getattr(cfg, key) < 0:
+            raise bad_value(f"trainer.{key}", getattr(cfg, key), "0 (never) or >= 1")
+    if cfg.trace_hvps < 3:
+        raise bad_value("trainer.trace_hvps", cfg.trace_hvps, ">= 3 (3 products per probe)")
+    if cfg.top_k < 1:
+        raise bad_value("trainer.top_k", cfg.top_k, ">= 1")
+    if cfg.top_k_iterations < cfg.top_k:
+        raise bad_value("trainer.top_k_iterations", cfg.top_k_iterations, ">= trainer.top_k")
+    for key in ("spectrum_steps", "spectrum_probes"):
+        if getattr(cfg, key) < 1:
+            raise bad_value(f"trainer.{key}", getattr(cfg, key), ">= 1")
+    if not cfg.spectrum_sigma > 0:
+        raise bad_value("trainer.spectrum_sigma", cfg.spectrum_sigma, "a number > 0")
+
+
+EVERY_KEYS = ("gradient_tests_every", "alpha_every", "trace_every", "top_k_every", "spectrum_every")
+
+
+def _due(every: int, epoch: int) -> bool:
+    return every > 0 and epoch % every == 0
+
+
+def substream(seed: int, child: int) -> np.random.Generator:
+    """The streams of the instruments of issue 26, children of the ``sharpness`` purpose's
+    seed sequence (0: gradient-test batches, 1: trace, 2: top-k, 3: spectrum), so that
+    :data:`bpexp.rng.PURPOSES` and every existing stream are as they were."""
+    seq = np.random.SeedSequence([int(seed), PURPOSES["sharpness"]], spawn_key=(child,))
+    return np.random.default_rng(seq)
 
 
 def mini_batch_size(cfg: TrainerConfig, n_train: int) -> int:
@@ -147,6 +197,7 @@ def train_epoch(
     step: int = 0,
     order: Array | None = None,
     n_train: int | None = None,
+    watch: tuple[Array, Array] | None = None,
 ) -> tuple[int, bool]:
     """One pass over (X, Y) in mini-batches, counting global steps from ``step``.
 
@@ -162,6 +213,10 @@ def train_epoch(
     so the check costs one dot product of n_L numbers a step. Returns the global step reached
     and whether the pass was stopped. With ``optimizer.weight_decay`` = λ the step follows the
     regularised cost C + λ/(2n) Σ‖W‖², n = ``n_train`` (default: the rows of X).
+
+    ``watch`` = (before, after), two arrays shaped like ``net.params``, receive the weights
+    just before and just after the pass's last step on a full batch of ``batch_size`` rows (the
+    step ``alpha`` measures); they are left alone when the pass stops before it.
     """
     gb_out = net.gb[-1]
     # backprop leaves gradient_scale · ∇C in net.grad, ready for Optimizer.update.
@@ -171,6 +226,7 @@ def train_epoch(
     if order is not None:
         X_batch = np.empty((batch_size, X.shape[1]), X.dtype)
         Y_batch = np.empty((batch_size, Y.shape[1]), Y.dtype)
+    watch_start = (X.shape[0] // batch_size - 1) * batch_size if watch is not None else -1
     for start in range(0, X.shape[0], batch_size):
         step += 1
         if order is None:
@@ -190,7 +246,11 @@ def train_epoch(
             return step, True
         if decay:
             add_l2_gradient(net, decay, decay_scratch)
+        if start == watch_start:
+            np.copyto(watch[0], net.params)
         optimizer.update(net.params, net.grad, state)
+        if start == watch_start:
+            np.copyto(watch[1], net.params)
         if want_loss and on_step is not None and on_step(step, loss):
             return step, True
     return step, False
@@ -255,13 +315,26 @@ def train(
     params_init = net.params.copy()
     sharpness_rng = stream(seed, "sharpness")
     threshold = sharpness_threshold(optimizer)
+    batch_rng, trace_rng, top_rng, spectrum_rng = (substream(seed, k) for k in range(4))
+    watch = (np.empty_like(net.params), np.empty_like(net.params))
+    end_is_final = n % m == 0  # the last full-batch step is the epoch's last step
 
-    def epoch_metrics(epoch: int, params_before: Array | None) -> dict[str, float]:
+    def epoch_metrics(
+        epoch: int, params_before: Array | None, watched: bool = False
+    ) -> dict[str, float]:
+        extra: dict[str, float] = {}
+        end = None
         metrics = evaluate(net, cost, X_eval, Y_eval, "train", data.task)
         metrics |= evaluate(net, cost, data.X_val, data.Y_val, "val", data.task)
         if cfg.instruments:
             metrics |= instruments.measure(net, X_probe, Y_probe, cost, cfg.saturation_epsilon)
             metrics |= instruments.gradient_noise(net, X_probe)
+            # Read the probe's backprop now, before anything overwrites it; logged below.
+            if _due(cfg.gradient_tests_every, epoch):
+                extra |= instruments.gradient_tests(net, X_probe, "probe")
+            if watched and end_is_final:
+                unit = instruments.step_direction(*watch)[1]
+                end = instruments.observe_line(net, X_probe, Y_probe, cost, unit)
             metrics |= instruments.distances_from_init(net, params_init)
             if params_before is not None:
                 metrics |= instruments.update_ratios(net, params_before)
@@ -270,9 +343,45 @@ def train(
             metrics |= curvature.sharpness_metrics(
                 net, X_probe, Y_probe, cost, start, cfg.sharpness_iterations, threshold
             )[0]
+        if watched:
+            extra |= instruments.step_alpha(net, X_probe, Y_probe, cost, *watch, end)
+        if cfg.instruments and _due(cfg.gradient_tests_every, epoch) and 2 <= m < n:
+            rows = batch_rng.choice(n, m, replace=False)
+            net.backprop(X[rows], Y[rows], cost)
+            extra |= instruments.gradient_tests(net, X[rows], "batch")
+        spectrum = hessian_metrics(epoch, extra)
+        metrics |= extra  # after the metrics above, whose order stays as it was
         result.history.append({"epoch": epoch, **metrics})
-        emit(EpochRecord(epoch, metrics))
+        if spectrum is not None:
+            result.spectra[epoch] = spectrum
+        emit(EpochRecord(epoch, metrics, spectrum))
         return metrics
+
+    def hessian_metrics(epoch: int, out: dict[str, float]) -> curvature.SpectralDensity | None:
+        """The trace, top-k and spectrum measurements due at ``epoch``, on one operator."""
+        due = [_due(every, epoch) for every in (cfg.trace_every, cfg.top_k_every)]
+        if not (any(due) or _due(cfg.spectrum_every, epoch)):
+            return None
+        H = curvature.HessianOperator(net, X_probe, Y_probe, cost)
+        if due[0]:
+            trace = curvature.hutch_plus_plus(H, H.size, cfg.trace_hvps, trace_rng)
+            out |= {"hessian_trace": trace.value, "hessian_trace_hvps": float(trace.hvps)}
+        if due[1]:
+            top = curvature.top_eigenvalues(
+                H, top_rng.standard_normal(H.size), cfg.top_k, cfg.top_k_iterations
+            )
+            out |= {f"hessian_top/{i}": float(v) for i, v in enumerate(top.values, start=1)}
+            out |= {
+                "hessian_top_converged": float(top.converged),
+                "hessian_top_hvps": float(top.hvps),
+            }
+        if not _due(cfg.spectrum_every, epoch):
+            return None
+        spectrum = curvature.spectral_density(
+            H, H.size, cfg.spectrum_steps, cfg.spectrum_probes, spectrum_rng, cfg.spectrum_sigma
+        )
+        out["hessian_spectrum_hvps"] = float(spectrum.hvps)
+        return spectrum
 
     with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
         epoch_metrics(0, None)
@@ -288,11 +397,23 @@ def train(
                 return _diverged(loss, cfg.max_loss)
 
             params_before = net.params.copy() if cfg.instruments else None
+            watching = cfg.instruments and _due(cfg.alpha_every, epoch)
             result.steps, stopped = train_epoch(
-                net, optimizer, state, cost, X, Y, m, on_step, stride, result.steps, order
+                net,
+                optimizer,
+                state,
+                cost,
+                X,
+                Y,
+                m,
+                on_step,
+                stride,
+                result.steps,
+                order,
+                watch=watch if watching else None,
             )
             result.epochs_run = epoch
-            metrics = epoch_metrics(epoch, params_before)
+            metrics = epoch_metrics(epoch, params_before, watching and not stopped)
             if stopped or _diverged(metrics["train/loss"], cfg.max_loss):
                 result.outcome = "diverged"
                 break

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -253,3 +255,152 @@ def test_distance_from_init():
     assert out["distance_from_init/W2"] == 0.0
     W1_0 = (np.arange(6, dtype=float) - 5).reshape(3, 2)
     assert out["distance_from_init_ratio/W1"] == pytest.approx(5.0 / np.linalg.norm(W1_0))
+
+
+# --- Cockpit's gradient tests, α and update size (issue 26) ----------------------------------
+
+from bpexp.cost import COSTS  # noqa: E402
+from bpexp.curvature import HessianOperator  # noqa: E402
+from bpexp.instruments import (  # noqa: E402
+    LineObservation,
+    fit_alpha,
+    gradient_tests,
+    observe_line,
+    sample_losses,
+    step_alpha,
+)
+
+CASES = [
+    ("sigmoid", "sigmoid", "quadratic"),
+    ("tanh", "sigmoid", "cross_entropy"),
+    ("relu", "softmax", "softmax_cross_entropy"),
+]
+
+
+def _case(hidden, output, cost_name, m=30, seed=5):
+    rng = np.random.default_rng(seed)
+    net = Network([5, 6, 4, 3], hidden, output)
+    net.params[...] = rng.standard_normal(net.params.size) * 0.7
+    X, Y = rng.standard_normal((m, 5)), np.eye(3)[rng.integers(0, 3, m)]
+    return net, X, Y, get_cost(cost_name, output)
+
+
+@pytest.mark.parametrize(("hidden", "output", "cost_name"), CASES)
+def test_gradient_tests_against_brute_force_per_example_gradients(hidden, output, cost_name):
+    net, X, Y, cost = _case(hidden, output, cost_name)
+    m = X.shape[0]
+    g = per_example_gradients(net, X, Y, cost)  # one backprop per sample, each g_x formed
+    G = g.mean(axis=0)
+    G2 = G @ G
+    # Cockpit's definitions, term by term, on the formed gradients.
+    norm = np.sqrt(np.sum((g - G) ** 2) / (m - 1) / (m * G2))
+    p = g @ G
+    inner = np.sqrt(np.sum((p - G2) ** 2) / (m - 1) / (m * G2**2))
+    orthogonal = g - np.outer(p / G2, G)
+    ortho = np.sqrt(np.sum(orthogonal**2) / (m - 1) / (m * G2))
+    net.backprop(X, Y, cost)
+    out = gradient_tests(net, X, "probe")
+    assert out["norm_test/probe"] == pytest.approx(norm, rel=1e-9)
+    assert out["inner_product_test/probe"] == pytest.approx(inner, rel=1e-9)
+    assert out["orthogonality_test/probe"] == pytest.approx(ortho, rel=1e-9)
+    # The norm test is the noise scale of gradient_noise seen at batch size m, uncorrected:
+    # θ² = tr(Σ)/(m ||Ĝ||²).
+    trace_sigma = np.trace(np.cov(g, rowvar=False, ddof=1))
+    assert out["norm_test/probe"] ** 2 == pytest.approx(trace_sigma / (m * G2), rel=1e-9)
+
+
+def test_gradient_tests_are_left_out_without_two_samples_or_a_mean_gradient():
+    net = Network([1, 1], "linear", "linear")
+    X, Y = np.array([[1.0], [1.0]]), np.array([[1.0], [-1.0]])  # gradients ±1: mean 0
+    net.backprop(X, Y, get_cost("quadratic", "linear"))
+    assert gradient_tests(net, X, "batch") == {}
+    net.backprop(X[:1], Y[:1], get_cost("quadratic", "linear"))
+    assert gradient_tests(net, X[:1], "batch") == {}
+
+
+@pytest.mark.parametrize("name", sorted(COSTS))
+def test_sample_losses_are_the_cost_of_each_row(name):
+    output = COSTS[name].outputs[0]
+    net, X, Y, cost = _case("tanh", output, name)
+    a = net.forward(X).copy()
+    a[0, 0] = 0.0 if output != "linear" else a[0, 0]  # a clipped value: cross-entropy's floor
+    losses = sample_losses(cost, a, Y)
+    for i in range(X.shape[0]):
+        assert losses[i] == pytest.approx(cost.fn(a[i : i + 1], Y[i : i + 1]), rel=1e-12)
+    generic = sample_losses(dataclasses.replace(cost, name="other"), a, Y)
+    np.testing.assert_allclose(generic, losses, rtol=1e-12)
+
+
+@pytest.mark.parametrize(("hidden", "output", "cost_name"), CASES)
+def test_line_observation_against_brute_force(hidden, output, cost_name):
+    net, X, Y, cost = _case(hidden, output, cost_name)
+    u = np.random.default_rng(7).standard_normal(net.params.size)
+    u /= np.linalg.norm(u)
+    g = per_example_gradients(net, X, Y, cost)
+    losses = [cost.fn(net.forward(X[i : i + 1]), Y[i : i + 1]) for i in range(X.shape[0])]
+    net.backprop(X, Y, cost)
+    seen = observe_line(net, X, Y, cost, u)
+    assert seen.f == pytest.approx(np.mean(losses), rel=1e-12)
+    assert seen.var_f == pytest.approx(np.var(losses, ddof=1), rel=1e-9)
+    assert seen.df == pytest.approx(np.mean(g @ u), rel=1e-9)
+    assert seen.var_df == pytest.approx(np.var(g @ u, ddof=1), rel=1e-9)
+
+
+def _quadratic_observation(h: float, x: float, u: float) -> LineObservation:
+    """f(x) = ½hx² and its slope along the unit direction u, from two noisy 'samples' whose
+    mean is f: the variances only weight a fit that is exact anyway."""
+    return LineObservation(0.5 * h * x * x, h * x * u, 0.3, 0.7)
+
+
+@pytest.mark.parametrize("eta_h", [0.05, 0.5, 1.0, 1.5, 2.0, 2.5])
+def test_alpha_of_a_gradient_step_on_a_quadratic(eta_h):
+    # f(x) = ½hx², step x' = x − ηhx. Along u = −sign(x) the step has length t = ηh|x|, the
+    # quadratic's minimum is at |x| and it is back at f(x) at ᾱ = 2|x|: α = 2t/ᾱ − 1 = ηh − 1.
+    # ηh = 1 jumps to the minimum (α = 0); ηh = 2, SGD's stability edge, to the far side (1).
+    h, x = 3.0, -2.0
+    x_new = x - (eta_h / h) * h * x
+    t, u = abs(x_new - x), np.sign(x_new - x)
+    alpha = fit_alpha(t, _quadratic_observation(h, x, u), _quadratic_observation(h, x_new, u))
+    assert alpha == pytest.approx(eta_h - 1.0, abs=1e-12)
+
+
+def test_alpha_of_a_concave_fit_or_no_step_is_minus_one():
+    concave = fit_alpha(1.0, LineObservation(0.0, 0.0, 1, 1), LineObservation(-1.0, -2.0, 1, 1))
+    assert concave == -1.0
+    assert fit_alpha(0.0, LineObservation(1, -1, 1, 1), LineObservation(1, -1, 1, 1)) == -1.0
+
+
+def test_alpha_and_update_size_of_an_sgd_step_on_a_linear_regression():
+    # A linear network under the quadratic cost is a quadratic in θ, so the fit is exact at
+    # any weights and whatever the per-sample variances: for the SGD step −ηg, the curvature
+    # along the step is gᵀHg/gᵀg and α = η gᵀHg/gᵀg − 1.
+    rng = np.random.default_rng(8)
+    net = Network([4, 3], "linear", "linear")
+    net.params[...] = rng.standard_normal(net.params.size)
+    X, Y = rng.standard_normal((25, 4)), rng.standard_normal((25, 3))
+    cost = get_cost("quadratic", "linear")
+    net.backprop(X, Y, cost)
+    g = net.grad.copy()
+    H_op = HessianOperator(net, X, Y, cost)
+    curvature = g @ H_op(g) / (g @ g)
+    before = net.params.copy()
+    for eta, expected in ((1.0 / curvature, 0.0), (0.3, 0.3 * curvature - 1.0)):
+        after = before - eta * g
+        out = step_alpha(net, X, Y, cost, before, after)
+        assert out["update_size"] == pytest.approx(eta * np.linalg.norm(g), rel=1e-12)
+        assert out["alpha"] == pytest.approx(expected, abs=1e-9)
+        np.testing.assert_array_equal(net.params, before)  # put back exactly
+
+
+def test_alpha_with_the_end_observation_given_is_the_same():
+    net, X, Y, cost = _case("sigmoid", "sigmoid", "quadratic")
+    net.backprop(X, Y, cost)
+    before = net.params.copy()
+    after = before - 2.0 * net.grad
+    plain = step_alpha(net, X, Y, cost, before, after)
+    net.params[...] = after
+    net.backprop(X, Y, cost)
+    u = (after - before) / np.linalg.norm(after - before)
+    given = step_alpha(net, X, Y, cost, before, after, observe_line(net, X, Y, cost, u))
+    assert given == pytest.approx(plain, rel=1e-12)
+    np.testing.assert_array_equal(net.params, after)

@@ -233,3 +233,111 @@ def test_one_epoch_on_real_fashion_mnist_learns():
     assert result.outcome == "completed"
     assert result.final_metrics["test/accuracy"] > 0.8
     assert result.final_metrics["val/accuracy"] > 0.8
+
+
+# --- Cockpit's instruments and the Hessian's trace, top-k and spectrum (issue 26) -----------
+
+NEW_OFF = dict(gradient_tests_every=0, alpha_every=0, trace_every=0, top_k_every=0)
+HESSIAN = dict(trace_every=2, trace_hvps=9, top_k_every=2, top_k=3, top_k_iterations=12)
+SPECTRUM = dict(spectrum_every=2, spectrum_steps=8, spectrum_probes=2)
+
+
+def test_watch_holds_the_weights_around_the_last_full_batch_step():
+    from bpexp.trainer import train_epoch
+
+    net, data, cost = setup()
+    twin, _, _ = setup()
+    X, Y = data.X_train[:95], data.Y_train[:95]  # batches of 10: the last full one is rows 80-89
+    opt = Optimizer("momentum", 0.5, 0.9)
+    watch = (np.empty_like(net.params), np.empty_like(net.params))
+    train_epoch(net, opt, opt.init(net.params), cost, X, Y, 10, watch=watch)
+    state = opt.init(twin.params)
+    for start in range(0, 90, 10):
+        if start == 80:
+            np.testing.assert_array_equal(watch[0], twin.params)
+        twin.backprop(X[start : start + 10], Y[start : start + 10], cost, scale=-0.5)
+        opt.update(twin.params, twin.grad, state)
+    np.testing.assert_array_equal(watch[1], twin.params)
+    assert not np.array_equal(watch[1], net.params)  # the 5-row batch came after it
+
+
+def test_new_instruments_change_no_other_metric_and_log_where_due():
+    records = []
+    cfg_off = TrainerConfig(epochs=3, batch_size=20, sharpness_every=2, **NEW_OFF)
+    off = train(*_sgd_run(2.0), cfg_off, 0)
+    cfg_on = TrainerConfig(epochs=3, batch_size=20, sharpness_every=2, **HESSIAN, **SPECTRUM)
+    on = train(*_sgd_run(2.0), cfg_on, 0, collect(records))
+    for before, after in zip(off.history, on.history, strict=True):
+        assert {k: after[k] for k in before} == before  # bit for bit
+    tests = {
+        f"{t}/{w}"
+        for t in ("norm_test", "inner_product_test", "orthogonality_test")
+        for w in ("probe", "batch")
+    }
+    hessian = {"hessian_trace", "hessian_trace_hvps", "hessian_top_converged", "hessian_top_hvps"}
+    hessian |= {"hessian_top/1", "hessian_top/2", "hessian_top/3", "hessian_spectrum_hvps"}
+    for h in on.history:
+        new = set(h) - set(off.history[h["epoch"]])
+        expected = tests | ({"alpha", "update_size"} if h["epoch"] else set())
+        expected |= hessian if h["epoch"] % 2 == 0 else set()
+        assert new == expected, h["epoch"]
+    last = on.history[2]
+    assert last["hessian_trace_hvps"] == 9 and last["hessian_spectrum_hvps"] <= 16
+    assert last["hessian_top/1"] >= last["hessian_top/2"] >= last["hessian_top/3"]
+    # sharpness and hessian_top/1 are the same eigenvalue, from different starts.
+    assert last["hessian_top/1"] == pytest.approx(last["sharpness"], rel=0.05)
+    spectra = {r.epoch: r.spectrum for r in records if isinstance(r, EpochRecord)}
+    assert [e for e, s in spectra.items() if s is not None] == [0, 2] == sorted(on.spectra)
+    assert spectra[2] is on.spectra[2] and on.spectra[2].density.shape == on.spectra[2].grid.shape
+
+
+def test_instruments_off_turns_off_the_tests_and_alpha_but_not_the_hessian():
+    cfg = TrainerConfig(epochs=1, batch_size=20, instruments=False, sharpness_every=0, **HESSIAN)
+    history = train(*_sgd_run(), cfg, 0).history
+    assert not any("test/" in k or k in ("alpha", "update_size") for h in history for k in h)
+    assert "hessian_trace" in history[0] and "hessian_trace" not in history[1]
+
+
+@pytest.mark.parametrize("batch_size", [100, 647])
+def test_alpha_is_that_of_the_last_full_batch_step(batch_size):
+    from bpexp.instruments import step_alpha
+    from bpexp.trainer import train_epoch
+
+    # 1294 rows: in batches of 100 the last full batch is the 12th of 13; in batches of 647 it
+    # is the last one, whose end the trainer observes on the probe's backprop of `measure`.
+    cfg = TrainerConfig(epochs=1, batch_size=batch_size, shuffle=False, gradient_tests_every=0)
+    net, opt, cost, data = _sgd_run(2.0)
+    result = train(net, opt, cost, data, cfg, 0)
+    twin, _, _ = setup()
+    n = data.X_train.shape[0]
+    rows = np.sort(stream(0, "probe").permutation(n)[:256])
+    watch = (np.empty_like(twin.params), np.empty_like(twin.params))
+    X, Y = data.X_train, data.Y_train
+    train_epoch(twin, opt, opt.init(twin.params), cost, X, Y, batch_size, watch=watch)
+    expected = step_alpha(twin, X[rows], Y[rows], cost, *watch)
+    assert {k: result.history[1][k] for k in expected} == pytest.approx(expected, rel=1e-12)
+    assert expected["update_size"] == pytest.approx(np.linalg.norm(watch[1] - watch[0]))
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("gradient_tests_every", -1),
+        ("alpha_every", -1),
+        ("trace_every", -1),
+        ("top_k_every", -1),
+        ("spectrum_every", -1),
+        ("trace_hvps", 2),
+        ("top_k", 0),
+        ("top_k_iterations", 4),
+        ("spectrum_steps", 0),
+        ("spectrum_probes", 0),
+        ("spectrum_sigma", 0.0),
+    ],
+)
+def test_bad_instrument_settings_name_the_key(key, value):
+    from bpexp.errors import ConfigError
+    from bpexp.trainer import validate
+
+    with pytest.raises(ConfigError, match=f"trainer.{key}"):
+        validate(TrainerConfig(**{key: value}), 100)
