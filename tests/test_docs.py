@@ -156,6 +156,12 @@ SWEEP_ERROR = re.compile(
     r"error: sweep='\w+' is not allowed; allowed: ([\w,\s]+?) \(named sweeps in sweeps/sweep/\)"
 )
 PARENT_KEY = re.compile(r"`(<?\w+>?)/<(\w+)>/<(\w+)>`")
+# A test named with its file: "test_file.py: `test_a`, `test_b`", "test_file.py `test_a`",
+# or `tests/test_file.py::test_a`.
+ATTRIBUTED = re.compile(
+    r"\b(test_\w+)\.py(?::|\s)\s*((?:`test_\w+`(?:,\s*(?:and\s+)?|\s+and\s+)?)+)"
+)
+QUALIFIED = re.compile(r"`(?:tests/)?(test_\w+)\.py::(test_\w+)`")
 
 
 def tables(markdown: Path) -> list[list[list[str]]]:
@@ -372,6 +378,30 @@ def test_every_test_the_docs_cite_exists():
     assert not missing, "cited but not in tests/:\n" + "\n".join(sorted(missing))
 
 
+def attributed_tests(text: str) -> list[tuple[str, str]]:
+    """(file stem, test name) for every test the text names together with its file."""
+    pairs = [
+        (stem, name)
+        for stem, names in ATTRIBUTED.findall(text)
+        for name in re.findall(r"`(test_\w+)`", names)
+    ]
+    return pairs + QUALIFIED.findall(text)
+
+
+def test_every_test_the_docs_attribute_to_a_file_is_in_that_file():
+    defined = {
+        file.stem: set(DEFINED_TEST.findall(file.read_text()))
+        for file in (ROOT / "tests").glob("test_*.py")
+    }
+    wrong = [
+        f"{markdown.relative_to(ROOT)}: {stem}.py has no {name}"
+        for markdown in markdown_files()
+        for stem, name in attributed_tests(markdown.read_text(encoding="utf-8"))
+        if name not in defined.get(stem, set())
+    ]
+    assert not wrong, "\n".join(wrong)
+
+
 def test_parent_metric_names_in_the_docs_follow_the_code():
     from bpexp.report import parent_metric_key
 
@@ -427,3 +457,13 @@ def test_the_fact_checkers_see_what_they_check(tmp_path):
         "error: sweep='x' is not allowed; allowed: a, b_c (named sweeps in sweeps/sweep/)"
     ) == ["a, b_c"]
     assert section("\n## A\nbody\n### sub\nmore\n## B\nrest\n", "## A") == "body\n### sub\nmore\n"
+    assert attributed_tests(
+        "(test_a.py: `test_b`, `test_c`, and\n`test_d`; test_e.py `test_f`; "
+        "`tests/test_g.py::test_h`, test_i.py, `test_j`)"
+    ) == [
+        ("test_a", "test_b"),
+        ("test_a", "test_c"),
+        ("test_a", "test_d"),
+        ("test_e", "test_f"),
+        ("test_g", "test_h"),
+    ]
