@@ -390,7 +390,7 @@ def spectral_density(
     steps: int,
     probes: int,
     rng: np.random.Generator,
-    relative_sigma: float = 0.01,
+    relative_sigma: float = 0.02,
     grid_points: int = SPECTRUM_GRID,
 ) -> SpectralDensity:
     """The eigenvalue spectral density of the symmetric n×n operator ``matvec`` by stochastic
