@@ -267,19 +267,34 @@ def test_config_group_table_lists_exactly_each_groups_options():
     assert not wrong, f"options listed but absent, or present but not listed: {wrong}"
 
 
-def test_config_group_table_names_only_keys_the_schema_has():
+def test_config_group_table_lists_exactly_each_groups_keys():
     import dataclasses
 
     from bpexp.config import Config
 
     config = Config()
-    unknown = {}
+    wrong = {}
     for row in table_with_header(README, "group"):
         group = names(row[0])[0]
         schema = {f.name for f in dataclasses.fields(getattr(config, group))}
-        if set(names(row[2])) - schema:
-            unknown[group] = sorted(set(names(row[2])) - schema)
-    assert not unknown, f"keys the schema does not have: {unknown}"
+        if set(names(row[2])) != schema:
+            wrong[group] = sorted(set(names(row[2])) ^ schema)
+    assert not wrong, f"keys listed but not in the schema, or in it but not listed: {wrong}"
+
+
+def test_every_figure_file_the_docs_name_is_drawn_by_the_code():
+    drawn = {
+        name
+        for file in [*(ROOT / "bpexp").glob("*.py"), *(ROOT / "hydra_plugins").rglob("*.py")]
+        for name in re.findall(r"[\"'](\w+\.png)[\"']", file.read_text(encoding="utf-8"))
+    }
+    named = {
+        (markdown.relative_to(ROOT), name)
+        for markdown in markdown_files()
+        for name in re.findall(r"`(\w+\.png)`", markdown.read_text(encoding="utf-8"))
+    }
+    unknown = sorted(f"{page}: {name}" for page, name in named if name not in drawn)
+    assert named and not unknown, "\n".join(unknown)
 
 
 def test_architecture_config_table_matches_the_folders():
