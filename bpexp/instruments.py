@@ -24,9 +24,9 @@ Measured on a fixed probe batch of training samples. Layers are numbered l = 1..
   ``orthogonality_test/{probe,batch}``: Cockpit's three gradient tests (Byrd et al. 2012,
   Bollapragada et al. 2018) from per-example gradient norms and projections, never forming a
   per-example gradient (:func:`gradient_tests`).
-- ``alpha`` and ``update_size``: where one step lands on a quadratic fitted along it to the
-  loss and slope before and after (Cockpit's α: 0 = the minimum, 1 = the far side), and
-  ||Δθ|| of that step (:func:`step_alpha`).
+- ``alpha`` and ``update_size``: where one step (the trainer takes each epoch's first) lands
+  on a quadratic fitted along it to the probe's loss and slope before and after (Cockpit's α:
+  0 = the minimum, 1 = the far side), and ||Δθ|| of that step (:func:`step_alpha`).
 """
 
 from __future__ import annotations
@@ -181,28 +181,28 @@ def update_ratios(net: Network, params_before: Array) -> dict[str, float]:
 # --- Cockpit's gradient tests, α and update size (issue 26) ----------------------------------
 
 
-def _per_example(net: Network, trace, direction: Array | None = None) -> tuple[Array, Array]:
-    """Per-example squared gradient norms ||g_x||² and projections g_x·D (D = ``direction``
-    in the flat layout of ``net.params``, or ``net.grad`` when None) from the trace of the last
-    ``backprop`` (scale 1), over all parameters.
-
-    g_x of W^l is δ^l(x) a^{l-1}(x)ᵀ and of b^l is δ^l(x), so ||g_x||² = Σ_l ||δ^l(x)||²
-    (||a^{l-1}(x)||² + 1) and g_x·D = Σ_l δ^l(x)·(D_W^l a^{l-1}(x) + D_b^l): one product of the
-    probe's activations with D_W^l per layer, as a forward pass with D for weights. The pairwise
-    form g_x·g_y = (a_x·a_y)(δ_x·δ_y) gives the same sums at m² cost; not needed here.
-    """
+def _squares(trace) -> Array:
+    """Per-example squared gradient norms ||g_x||² over all parameters, from the trace of the
+    last ``backprop`` (scale 1). g_x of W^l is δ^l(x) a^{l-1}(x)ᵀ and of b^l is δ^l(x), so
+    ||g_x||² = Σ_l ||δ^l(x)||² (||a^{l-1}(x)||² + 1)."""
     m = trace.a[0].shape[0]
-    shapes = [W.shape for W in net.W]
-    DW, Db = param_views(net.grad if direction is None else direction, shapes)
     squares = np.zeros(m)
+    for delta, a in zip(trace.delta, trace.a, strict=False):
+        squares += np.einsum("ij,ij->i", delta, delta) * (np.einsum("ij,ij->i", a, a) + 1.0)
+    return squares * (m * m)  # δ rows hold δ(x)/m
+
+
+def _projections(net: Network, trace, direction: Array) -> Array:
+    """Per-example projections g_x·D of the gradients onto D (flat, the layout of
+    ``net.params``) from a trace (scale 1): g_x·D = Σ_l δ^l(x)·(D_W^l a^{l-1}(x) + D_b^l), one
+    product of the activations with D_W^l per layer, as a forward pass with D for weights. (The
+    pairwise form g_x·g_y = (a_x·a_y)(δ_x·δ_y) gives the same sums at m² cost.)"""
+    m = trace.a[0].shape[0]
+    DW, Db = param_views(direction, [W.shape for W in net.W])
     projections = np.zeros(m)
-    for l in range(net.n_layers):
-        delta, a = trace.delta[l], trace.a[l]
-        delta_sq = np.einsum("ij,ij->i", delta, delta)
-        squares += delta_sq * (np.einsum("ij,ij->i", a, a) + 1.0)
+    for l, (delta, a) in enumerate(zip(trace.delta, trace.a, strict=False)):
         projections += np.einsum("ij,ij->i", delta, a @ DW[l].T + Db[l])
-    # δ rows hold δ(x)/m: undo the factor m² and m.
-    return squares * (m * m), projections * m
+    return projections * m
 
 
 def gradient_tests(net: Network, X: Array, where: str) -> dict[str, float]:
@@ -218,16 +218,18 @@ def gradient_tests(net: Network, X: Array, where: str) -> dict[str, float]:
             √( Σ_x (p_x − ||Ĝ||²)² / (m − 1) / (m ||Ĝ||⁴) )
         orthogonality test (Bollapragada et al. 2018, eq. 3.3):
             √( Σ_x ||g_x − (p_x/||Ĝ||²) Ĝ||² / (m − 1) / (m ||Ĝ||²) )
-    The sums come from ||g_x||² and p_x (:func:`_per_example`): Σ||g_x − Ĝ||² =
-    Σ||g_x||² − m||Ĝ||², Σ(p_x − ||Ĝ||²)² = Σp_x² − m||Ĝ||⁴ (the mean of p_x is ||Ĝ||²) and
-    Σ||g_x − (p_x/||Ĝ||²)Ĝ||² = Σ||g_x||² − Σp_x²/||Ĝ||². Nothing with m < 2 or Ĝ = 0.
+    The sums come from ||g_x||² and p_x (:func:`_squares`, :func:`_projections`), no
+    per-example gradient is formed: Σ||g_x − Ĝ||² = Σ||g_x||² − m||Ĝ||², Σ(p_x − ||Ĝ||²)² =
+    Σp_x² − m||Ĝ||⁴ (the mean of p_x is ||Ĝ||²) and Σ||g_x − (p_x/||Ĝ||²)Ĝ||² =
+    Σ||g_x||² − Σp_x²/||Ĝ||². Nothing with m < 2 or Ĝ = 0.
     """
     m = X.shape[0]
     mean_sq = float(np.dot(net.grad, net.grad))
     if m < 2 or not mean_sq > 0:
         return {}
-    squares, projections = _per_example(net, net.trace(X))
-    total_sq = float(squares.sum())
+    trace = net.trace(X)
+    total_sq = float(_squares(trace).sum())
+    projections = _projections(net, trace, net.grad)
     proj_sq = float(projections @ projections)
     norm_var = max(total_sq - m * mean_sq, 0.0) / (m - 1)
     inner_var = max(proj_sq - m * mean_sq * mean_sq, 0.0) / (m - 1)
@@ -253,6 +255,28 @@ def sample_losses(cost: Cost, a: Array, Y: Array) -> Array:
 
 
 @dataclass(frozen=True)
+class ProbeSnapshot:
+    """What a line observation needs from one ``backprop`` on the probe: the inputs of every
+    layer ``a`` (a^0 = X .. a^{L-1}), the errors ``delta`` (rows δ/m, scale 1) and the
+    per-sample losses. Taken with ``copy=True`` it outlives the network's buffers."""
+
+    a: list[Array]
+    delta: list[Array]
+    losses: Array
+
+
+def snapshot(net: Network, X: Array, Y: Array, cost: Cost, copy: bool = False) -> ProbeSnapshot:
+    """The :class:`ProbeSnapshot` of the last ``backprop`` on (X, Y) (scale 1)."""
+    trace = net.trace(X)
+    losses = sample_losses(cost, trace.a[-1], Y)
+    a, delta = trace.a[:-1], list(trace.delta)
+    if copy:
+        a = [a[0], *(x.copy() for x in a[1:])]
+        delta = [d.copy() for d in delta]
+    return ProbeSnapshot(a, delta, losses)
+
+
+@dataclass(frozen=True)
 class LineObservation:
     """The loss f and its slope f' along a unit direction u at one point, on m samples: the
     means over samples and their variances over samples (ddof 1), as Cockpit's α uses them."""
@@ -263,18 +287,21 @@ class LineObservation:
     var_df: float
 
 
-def observe_line(net: Network, X: Array, Y: Array, cost: Cost, unit: Array) -> LineObservation:
-    """f, f' = ∇C·u and their per-sample variances from the last ``backprop`` on (X, Y)."""
-    trace = net.trace(X)
-    losses = sample_losses(cost, trace.a[-1], Y)
-    _, slopes = _per_example(net, trace, unit)
-    ddof = 1 if X.shape[0] > 1 else 0
+def observe(net: Network, state: ProbeSnapshot, unit: Array) -> LineObservation:
+    """f, f' = ∇C·u and their per-sample variances from a snapshot (``net`` gives the shapes)."""
+    slopes = _projections(net, state, unit)
+    ddof = 1 if slopes.size > 1 else 0
     return LineObservation(
-        float(losses.mean()),
+        float(state.losses.mean()),
         float(slopes.mean()),
-        float(losses.var(ddof=ddof)),
+        float(state.losses.var(ddof=ddof)),
         float(slopes.var(ddof=ddof)),
     )
+
+
+def observe_line(net: Network, X: Array, Y: Array, cost: Cost, unit: Array) -> LineObservation:
+    """f, f' = ∇C·u and their per-sample variances from the last ``backprop`` on (X, Y)."""
+    return observe(net, snapshot(net, X, Y, cost), unit)
 
 
 # Cockpit's stand-in for a variance of 0 in the fit's weights.
@@ -322,35 +349,36 @@ def step_alpha(
     cost: Cost,
     before: Array,
     after: Array,
-    end: LineObservation | None = None,
+    at_before: ProbeSnapshot | None = None,
+    at_after: ProbeSnapshot | None = None,
 ) -> dict[str, float]:
     """``alpha`` and ``update_size`` of the step from the weights ``before`` to ``after``
     (flat copies of ``net.params``), measured on the samples (X, Y).
 
     update_size = t = ||after − before|| over all parameters; u = (after − before)/t. f and f'
-    along u are observed at both ends (:func:`observe_line`; ``end``, if given, is the
-    observation at ``after`` already made) and fitted by :func:`fit_alpha`. Runs ``backprop``
-    on (X, Y) at ``before`` (and at ``after`` when ``end`` is None) and puts ``net.params``
-    back exactly as it was; ``net.grad`` and the buffers of X's size are overwritten.
-    α is left out when the fit cannot be made or the losses are not finite.
+    along u are observed at both ends (:func:`observe`) and fitted by :func:`fit_alpha`. An end
+    without a snapshot (``at_before``, ``at_after``: from a ``backprop`` on (X, Y) at those
+    weights) gets one: ``backprop`` on (X, Y) there, then ``net.params`` is put back exactly
+    as it was (``net.grad`` and the buffers of X's size are overwritten). α is left out when
+    the fit cannot be made or an observation is not finite.
     """
     t, unit = step_direction(before, after)
     out = {"update_size": t}
     if not t > 0 or not math.isfinite(t):
         return out
     current = net.params.copy()
+    observations = []
     try:
-        if end is None:
-            net.params[...] = after
-            net.backprop(X, Y, cost)
-            end = observe_line(net, X, Y, cost, unit)
-        net.params[...] = before
-        net.backprop(X, Y, cost)
-        start = observe_line(net, X, Y, cost, unit)
+        for weights, state in ((before, at_before), (after, at_after)):
+            if state is None:
+                net.params[...] = weights
+                net.backprop(X, Y, cost)
+                state = snapshot(net, X, Y, cost)
+            observations.append(observe(net, state, unit))
     finally:
         net.params[...] = current
-    observed = (start.f, end.f, start.df, end.df, start.var_f, end.var_f, start.var_df)
-    if not all(map(math.isfinite, (*observed, end.var_df))):
+    start, end = observations
+    if not all(math.isfinite(v) for o in observations for v in vars(o).values()):
         return out
     alpha = fit_alpha(t, start, end)
     if alpha is not None:

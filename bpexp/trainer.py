@@ -9,8 +9,8 @@ Records, with step 0 of the epoch series at initialisation, before any update:
   ``sharpness_every`` epochs (0 included) ``sharpness``, ``sharpness_converged`` and
   ``sharpness_threshold`` (:mod:`bpexp.curvature`); with ``instruments``, every
   ``gradient_tests_every`` epochs Cockpit's gradient tests on the probe and on one mini-batch,
-  and every ``alpha_every`` epochs (from 1) ``alpha`` and ``update_size`` of the epoch's last
-  full-batch step (:mod:`bpexp.instruments`); every ``trace_every``, ``top_k_every`` and
+  and every ``alpha_every`` epochs (from 1) ``alpha`` and ``update_size`` of the epoch's first
+  step (:mod:`bpexp.instruments`); every ``trace_every``, ``top_k_every`` and
   ``spectrum_every`` epochs (0 included; 0 = never, the default) the Hessian's trace, top-k
   eigenvalues and spectral density on the probe, each with its cost in Hessian-vector
   products; the density's arrays ride on the record as ``spectrum``
@@ -65,7 +65,7 @@ class TrainerConfig:
     sharpness_iterations: int = curvature.DEFAULT_ITERATIONS  # Lanczos budget (H v products)
     # Cockpit's instruments (docs/instruments-curvature.md); the first two need ``instruments``.
     gradient_tests_every: int = 1  # norm, inner-product, orthogonality tests; 0: never
-    alpha_every: int = 1  # alpha and update_size of the last full-batch step; 0: never
+    alpha_every: int = 1  # alpha and update_size of each epoch's first step; 0: never
     trace_every: int = 0  # Hutch++ trace of the probe's Hessian; 0: never
     trace_hvps: int = 30  # Hutch++ budget in H v products (3 per probe vector)
     top_k_every: int = 0  # the top_k largest Hessian eigenvalues by Lanczos; 0: never
@@ -197,7 +197,7 @@ def train_epoch(
     step: int = 0,
     order: Array | None = None,
     n_train: int | None = None,
-    watch: tuple[Array, Array] | None = None,
+    first_step: Array | None = None,
 ) -> tuple[int, bool]:
     """One pass over (X, Y) in mini-batches, counting global steps from ``step``.
 
@@ -214,9 +214,8 @@ def train_epoch(
     and whether the pass was stopped. With ``optimizer.weight_decay`` = λ the step follows the
     regularised cost C + λ/(2n) Σ‖W‖², n = ``n_train`` (default: the rows of X).
 
-    ``watch`` = (before, after), two arrays shaped like ``net.params``, receive the weights
-    just before and just after the pass's last step on a full batch of ``batch_size`` rows (the
-    step ``alpha`` measures); they are left alone when the pass stops before it.
+    ``first_step``, an array shaped like ``net.params``, receives the weights just after the
+    pass's first step (the step ``alpha`` judges; its batch always has ``batch_size`` rows).
     """
     gb_out = net.gb[-1]
     # backprop leaves gradient_scale · ∇C in net.grad, ready for Optimizer.update.
@@ -226,7 +225,6 @@ def train_epoch(
     if order is not None:
         X_batch = np.empty((batch_size, X.shape[1]), X.dtype)
         Y_batch = np.empty((batch_size, Y.shape[1]), Y.dtype)
-    watch_start = (X.shape[0] // batch_size - 1) * batch_size if watch is not None else -1
     for start in range(0, X.shape[0], batch_size):
         step += 1
         if order is None:
@@ -246,11 +244,9 @@ def train_epoch(
             return step, True
         if decay:
             add_l2_gradient(net, decay, decay_scratch)
-        if start == watch_start:
-            np.copyto(watch[0], net.params)
         optimizer.update(net.params, net.grad, state)
-        if start == watch_start:
-            np.copyto(watch[1], net.params)
+        if start == 0 and first_step is not None:
+            np.copyto(first_step, net.params)
         if want_loss and on_step is not None and on_step(step, loss):
             return step, True
     return step, False
@@ -316,14 +312,17 @@ def train(
     sharpness_rng = stream(seed, "sharpness")
     threshold = sharpness_threshold(optimizer)
     batch_rng, trace_rng, top_rng, spectrum_rng = (substream(seed, k) for k in range(4))
-    watch = (np.empty_like(net.params), np.empty_like(net.params))
-    end_is_final = n % m == 0  # the last full-batch step is the epoch's last step
+    after_first = np.empty_like(net.params)
+    # α judges each epoch's first step. Its start is where the last epoch's instruments were
+    # measured: their probe backprop, kept, is its observation there. Its end is the epoch's
+    # end when the epoch is one step (full batch), else one more probe backprop.
+    at_start: list[instruments.ProbeSnapshot | None] = [None]
 
     def epoch_metrics(
         epoch: int, params_before: Array | None, watched: bool = False
     ) -> dict[str, float]:
         extra: dict[str, float] = {}
-        end = None
+        at_end = None
         metrics = evaluate(net, cost, X_eval, Y_eval, "train", data.task)
         metrics |= evaluate(net, cost, data.X_val, data.Y_val, "val", data.task)
         if cfg.instruments:
@@ -332,9 +331,13 @@ def train(
             # Read the probe's backprop now, before anything overwrites it; logged below.
             if _due(cfg.gradient_tests_every, epoch):
                 extra |= instruments.gradient_tests(net, X_probe, "probe")
-            if watched and end_is_final:
-                unit = instruments.step_direction(*watch)[1]
-                end = instruments.observe_line(net, X_probe, Y_probe, cost, unit)
+            one_step = watched and m >= n
+            next_due = epoch < cfg.epochs and _due(cfg.alpha_every, epoch + 1)
+            here = None
+            if one_step or next_due:
+                here = instruments.snapshot(net, X_probe, Y_probe, cost, copy=True)
+            at_end = here if one_step else None
+            next_start = here if next_due else None
             metrics |= instruments.distances_from_init(net, params_init)
             if params_before is not None:
                 metrics |= instruments.update_ratios(net, params_before)
@@ -344,7 +347,11 @@ def train(
                 net, X_probe, Y_probe, cost, start, cfg.sharpness_iterations, threshold
             )[0]
         if watched:
-            extra |= instruments.step_alpha(net, X_probe, Y_probe, cost, *watch, end)
+            extra |= instruments.step_alpha(
+                net, X_probe, Y_probe, cost, params_before, after_first, at_start[0], at_end
+            )
+        if cfg.instruments:
+            at_start[0] = next_start
         if cfg.instruments and _due(cfg.gradient_tests_every, epoch) and 2 <= m < n:
             rows = batch_rng.choice(n, m, replace=False)
             net.backprop(X[rows], Y[rows], cost)
@@ -410,7 +417,7 @@ def train(
                 stride,
                 result.steps,
                 order,
-                watch=watch if watching else None,
+                first_step=after_first if watching else None,
             )
             result.epochs_run = epoch
             metrics = epoch_metrics(epoch, params_before, watching and not stopped)

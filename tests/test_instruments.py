@@ -267,6 +267,7 @@ from bpexp.instruments import (  # noqa: E402
     gradient_tests,
     observe_line,
     sample_losses,
+    snapshot,
     step_alpha,
 )
 
@@ -392,15 +393,19 @@ def test_alpha_and_update_size_of_an_sgd_step_on_a_linear_regression():
         np.testing.assert_array_equal(net.params, before)  # put back exactly
 
 
-def test_alpha_with_the_end_observation_given_is_the_same():
+def test_alpha_from_snapshots_kept_of_both_ends_is_the_same():
     net, X, Y, cost = _case("sigmoid", "sigmoid", "quadratic")
     net.backprop(X, Y, cost)
     before = net.params.copy()
+    at_before = snapshot(net, X, Y, cost, copy=True)
     after = before - 2.0 * net.grad
     plain = step_alpha(net, X, Y, cost, before, after)
+    np.testing.assert_array_equal(net.params, before)
     net.params[...] = after
     net.backprop(X, Y, cost)
-    u = (after - before) / np.linalg.norm(after - before)
-    given = step_alpha(net, X, Y, cost, before, after, observe_line(net, X, Y, cost, u))
-    assert given == pytest.approx(plain, rel=1e-12)
+    at_after = snapshot(net, X, Y, cost, copy=True)
+    net.backprop(X[::-1], Y[::-1], cost)  # the buffers move on; the copies stay
+    kept = step_alpha(net, X, Y, cost, before, after, at_before, at_after)
+    assert kept == plain  # the same arithmetic on the same numbers
+    assert set(plain) == {"alpha", "update_size"}
     np.testing.assert_array_equal(net.params, after)

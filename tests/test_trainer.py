@@ -242,23 +242,19 @@ HESSIAN = dict(trace_every=2, trace_hvps=9, top_k_every=2, top_k=3, top_k_iterat
 SPECTRUM = dict(spectrum_every=2, spectrum_steps=8, spectrum_probes=2)
 
 
-def test_watch_holds_the_weights_around_the_last_full_batch_step():
+def test_first_step_receives_the_weights_after_the_first_step():
     from bpexp.trainer import train_epoch
 
     net, data, cost = setup()
     twin, _, _ = setup()
-    X, Y = data.X_train[:95], data.Y_train[:95]  # batches of 10: the last full one is rows 80-89
+    X, Y = data.X_train[:95], data.Y_train[:95]
     opt = Optimizer("momentum", 0.5, 0.9)
-    watch = (np.empty_like(net.params), np.empty_like(net.params))
-    train_epoch(net, opt, opt.init(net.params), cost, X, Y, 10, watch=watch)
-    state = opt.init(twin.params)
-    for start in range(0, 90, 10):
-        if start == 80:
-            np.testing.assert_array_equal(watch[0], twin.params)
-        twin.backprop(X[start : start + 10], Y[start : start + 10], cost, scale=-0.5)
-        opt.update(twin.params, twin.grad, state)
-    np.testing.assert_array_equal(watch[1], twin.params)
-    assert not np.array_equal(watch[1], net.params)  # the 5-row batch came after it
+    after_first = np.empty_like(net.params)
+    train_epoch(net, opt, opt.init(net.params), cost, X, Y, 10, first_step=after_first)
+    twin.backprop(X[:10], Y[:10], cost, scale=-0.5)
+    opt.update(twin.params, twin.grad, opt.init(twin.params))
+    np.testing.assert_array_equal(after_first, twin.params)
+    assert not np.array_equal(after_first, net.params)
 
 
 def test_new_instruments_change_no_other_metric_and_log_where_due():
@@ -298,25 +294,34 @@ def test_instruments_off_turns_off_the_tests_and_alpha_but_not_the_hessian():
     assert "hessian_trace" in history[0] and "hessian_trace" not in history[1]
 
 
-@pytest.mark.parametrize("batch_size", [100, 647])
-def test_alpha_is_that_of_the_last_full_batch_step(batch_size):
+@pytest.mark.parametrize("batch_size", [100, None])
+def test_alpha_is_that_of_each_epochs_first_step(batch_size):
     from bpexp.instruments import step_alpha
-    from bpexp.trainer import train_epoch
 
-    # 1294 rows: in batches of 100 the last full batch is the 12th of 13; in batches of 647 it
-    # is the last one, whose end the trainer observes on the probe's backprop of `measure`.
-    cfg = TrainerConfig(epochs=1, batch_size=batch_size, shuffle=False, gradient_tests_every=0)
+    # The trainer observes the start on the previous epoch's probe backprop, and the end on
+    # the epoch's own when the epoch is one step (full batch); here both ends are recomputed.
+    cfg = TrainerConfig(epochs=2, batch_size=batch_size, shuffle=False, gradient_tests_every=0)
     net, opt, cost, data = _sgd_run(2.0)
     result = train(net, opt, cost, data, cfg, 0)
     twin, _, _ = setup()
-    n = data.X_train.shape[0]
-    rows = np.sort(stream(0, "probe").permutation(n)[:256])
-    watch = (np.empty_like(twin.params), np.empty_like(twin.params))
     X, Y = data.X_train, data.Y_train
-    train_epoch(twin, opt, opt.init(twin.params), cost, X, Y, batch_size, watch=watch)
-    expected = step_alpha(twin, X[rows], Y[rows], cost, *watch)
-    assert {k: result.history[1][k] for k in expected} == pytest.approx(expected, rel=1e-12)
-    assert expected["update_size"] == pytest.approx(np.linalg.norm(watch[1] - watch[0]))
+    n = X.shape[0]
+    rows = np.sort(stream(0, "probe").permutation(n)[:256])
+    m = batch_size or n
+    state = opt.init(twin.params)
+    for epoch in (1, 2):
+        before = twin.params.copy()
+        for start in range(0, n, m):
+            twin.backprop(X[start : start + m], Y[start : start + m], cost)
+            opt.step(twin.params, twin.grad, state)
+            if start == 0:
+                after = twin.params.copy()
+        current = twin.params.copy()
+        expected = step_alpha(twin, X[rows], Y[rows], cost, before, after)
+        np.testing.assert_array_equal(twin.params, current)
+        logged = {k: result.history[epoch][k] for k in expected}
+        assert logged == pytest.approx(expected, rel=1e-9), epoch
+        assert expected["update_size"] == pytest.approx(np.linalg.norm(after - before))
 
 
 @pytest.mark.parametrize(
