@@ -4,21 +4,24 @@
 
 Part 1, digits (the default experiment: 64-30-10 sigmoid, quadratic cost, SGD η = 3, batch 10,
 30 epochs, probe 256). Whole runs through ``bpexp.trainer.train``, one per variant and round,
-the variants in an order that rotates every round; a run's ratio is taken to the ``off`` run
-of the same round and the median over rounds is printed. ``off`` has every instrument off
+the variants in an order that rotates every round. ``off`` has every instrument off
 (``trainer.instruments=false``, ``sharpness_every=0`` and the new keys 0); each other variant
-turns one group on. The gradient tests and α run only with ``instruments``, so their share is
-their increment over the ``instruments`` variant. The Hessian groups are timed at every epoch
-(31 measurements), which also gives the cost of one measurement in training epochs.
+turns one group on. A group's share is the median over rounds of its increment over its
+reference variant within the round, over that round's ``off`` run: ``off`` for most,
+``instruments`` for the gradient tests and α (they run only with ``instruments``). The Hessian
+groups run at every epoch (31 measurements), which gives one measurement's cost in epochs.
+A whole digits run lasts half a second, so on a busy machine these shares carry a few
+percent of noise; parts 2 and 3 time the same work more finely.
 
-Part 2, one Fashion-MNIST epoch (``data=fashion_mnist`` with the default network and trainer:
-784-30-10 sigmoid, batch 10, 50,000 training rows, probe 256). The per-epoch work of each group
-is timed by the functions the trainer calls, alternated within each round with one training
-epoch (``train_epoch``, no instruments), and given as a ratio to that epoch (median over
-rounds). The files come from /usr/share/datasets/fashion-mnist (Debian's
-``dataset-fashion-mnist``); without them, MNIST stands in when ``--mnist-path DIR`` names a
-folder with its four IDX files (the same shapes, so the same arithmetic), and the output says
-so; with neither, part 2 is skipped.
+Parts 2 and 3, one epoch of digits and of Fashion-MNIST (``data=fashion_mnist`` with the default
+network and trainer: 784-30-10 sigmoid, batch 10, 50,000 training rows, probe 256). The
+per-epoch work of each group is timed through the functions the trainer calls (each repeated
+until 0.1 s have passed on digits), alternated within each round with one training epoch
+(``train_epoch``, no metrics), and given as a share of that epoch (median over rounds).
+Fashion-MNIST comes from /usr/share/datasets/fashion-mnist (Debian's ``dataset-fashion-mnist``);
+without it, MNIST stands in when ``--mnist-path DIR`` names a folder with its four IDX files
+(the same shapes, so the same arithmetic), and the output says so; with neither, part 3 is
+skipped.
 
 One thread everywhere (set before NumPy is imported). Prints a table; ``--save`` writes it with
 the commit measured to benchmarks/results-instruments.txt. Nothing is asserted.
@@ -72,7 +75,7 @@ VARIANTS: dict[str, tuple[list[str], str | None, str]] = {
     ),
     "alpha": ([*INSTR, "trainer.alpha_every=1"], "instruments", "alpha, update_size, every epoch"),
     "sharpness_15": ([*OFF, "trainer.sharpness_every=15"], "off", "sharpness at 0, 15, 30"),
-    "default": ([], "off", "every default: all of the above"),
+    "default": ([], "off", "the defaults: instruments, gradient tests, sharpness every 15"),
     "trace_1": ([*OFF, "trainer.trace_every=1"], "off", "Hutch++ trace, 30 H v, every epoch"),
     "top_k_1": ([*OFF, "trainer.top_k_every=1"], "off", "top-5 Lanczos, <=40 H v, every epoch"),
     "spectrum_1": ([*OFF, "trainer.spectrum_every=1"], "off", "SLQ 4 x 30 H v, every epoch"),
@@ -147,6 +150,12 @@ def part_digits(rounds: int) -> list[str]:
         n: statistics.median(a / b for a, b in zip(seconds[n], seconds["off"], strict=True))
         for n in names
     }
+
+    def increment(name: str, reference: str) -> float:
+        """Median over rounds of (variant − reference) / off, each within its round."""
+        rows = zip(seconds[name], seconds[reference], seconds["off"], strict=True)
+        return statistics.median((a - b) / c for a, b, c in rows)
+
     epoch_off = statistics.median(seconds["off"]) / 30
     lines = [
         f"Part 1: digits, 30-epoch default runs, {rounds} rounds; off = "
@@ -159,42 +168,54 @@ def part_digits(rounds: int) -> list[str]:
         overrides, reference, what = VARIANTS[n]
         share = per_measure = ""
         if reference is not None:
-            increment = ratio[n] - ratio[reference]
-            share = f"{100 * increment:+.1f}%"
+            added = increment(n, reference)
+            share = f"{100 * added:+.1f}%"
             if n.endswith("_1") or n in ("gradient_tests", "alpha", "instruments"):
                 # every epoch: 31 measurements; in training epochs of the off run
-                per_measure = f"{increment * 30 / 31:.3f}"
+                per_measure = f"{added * 30 / 31:.3f}"
             elif n == "sharpness_15":
-                per_measure = f"{increment * 30 / 3:.3f}"
+                per_measure = f"{added * 30 / 3:.3f}"
         lines.append(
             f"{n:<15} {statistics.median(seconds[n]):8.3f} {ratio[n]:6.3f} {share:>7} "
             f"{per_measure:>11} {hvps.get(n, 0) or '':>6}  {what}"
         )
     lines.append(
-        "share: the group's increment over its reference (off, or instruments for the tests "
-        "and alpha), in % of the off run; epochs/meas: one measurement in training epochs."
+        "share: the median over rounds of the group's increment over its reference (off, or "
+        "instruments for the tests and alpha), in % of that round's off run; epochs/meas: one "
+        "measurement, in epochs of the off run."
     )
     return lines
 
 
-# --- part 2: one Fashion-MNIST epoch --------------------------------------------------------
+# --- parts 2 and 3: one epoch --------------------------------------------------------------
 
 
 def real_data(mnist_path: str | None) -> tuple[list[str] | None, str, str]:
-    """(overrides, data set name, note) of part 2's data, or None when there are none."""
+    """(overrides, data set name, note) of part 3's data, or None when there are none."""
     if (SYSTEM_FOLDERS["fashion_mnist"] / "train-images-idx3-ubyte.gz").is_file():
         return ["data=fashion_mnist"], "Fashion-MNIST", "from /usr/share/datasets/fashion-mnist"
     missing = "Fashion-MNIST is not installed here (apt-get install dataset-fashion-mnist)"
     if mnist_path and any(Path(mnist_path).glob("train-images-idx3-ubyte*")):
         overrides = ["data=mnist", f"data.path={mnist_path}"]
         return overrides, "MNIST", f"{missing}: MNIST stands in (same shapes, same arithmetic)"
-    return None, "", f"{missing} and no --mnist-path: part 2 skipped"
+    return None, "", f"{missing} and no --mnist-path: part 3 skipped"
 
 
-def part_real(rounds: int, mnist_path: str | None) -> list[str]:
-    overrides, name, note = real_data(mnist_path)
-    if overrides is None:
-        return ["Part 2: " + note]
+def per_call(fn: Callable[[], None], min_seconds: float) -> float:
+    """Seconds per call of ``fn``, called until ``min_seconds`` have passed (once at least)."""
+    calls, start = 0, time.perf_counter()
+    while True:
+        fn()
+        calls += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_seconds:
+            return elapsed / calls
+
+
+def part_epoch(
+    title: str, overrides: list[str], name: str, note: str, rounds: int, min_seconds: float
+) -> list[str]:
+    """Each group's per-epoch work against one training epoch, timed side by side."""
     exp = build(compose(["tracking.enabled=false", *overrides]))
     cfg, net, cost, data = exp.cfg.trainer, exp.net, exp.cost, exp.data
     opt = exp.cfg.optimizer
@@ -219,8 +240,7 @@ def part_real(rounds: int, mnist_path: str | None) -> list[str]:
         instruments.distances_from_init(net, init)
         instruments.update_ratios(net, before[0])
 
-    def tests() -> None:
-        net.backprop(Xp, Yp, cost)
+    def tests() -> None:  # the probe's part reads the backprop of `measure` (not timed here)
         instruments.gradient_tests(net, Xp, "probe")
         rows = rng.choice(n, m, replace=False)
         net.backprop(X[rows], Y[rows], cost)
@@ -254,7 +274,7 @@ def part_real(rounds: int, mnist_path: str | None) -> list[str]:
 
     groups: dict[str, tuple[Callable[[], None], str]] = {
         "instruments": (per_layer, "per-layer probe instruments (existing), one epoch's worth"),
-        "gradient_tests": (tests, "probe and one batch (probe backprop included)"),
+        "gradient_tests": (tests, "probe (on measure's backprop) and one batch backprop"),
         "alpha": (alpha, "snapshot + step_alpha: one probe backprop"),
         "sharpness": (hessian("sharpness"), f"<= {cfg.sharpness_iterations} H v"),
         "trace": (hessian("trace"), f"Hutch++, {cfg.trace_hvps} H v"),
@@ -271,14 +291,12 @@ def part_real(rounds: int, mnist_path: str | None) -> list[str]:
         order_names = names[r % len(names) :] + names[: r % len(names)]
         for k in order_names:
             fn = epoch if k == "epoch" else groups[k][0]
-            start = time.perf_counter()
-            fn()
-            seconds[k].append(time.perf_counter() - start)
-        print(f"real round {r + 1}/{rounds}: epoch {seconds['epoch'][-1]:.2f} s", flush=True)
+            seconds[k].append(per_call(fn, min_seconds))
+        print(f"{name} round {r + 1}/{rounds}: epoch {seconds['epoch'][-1]:.3f} s", flush=True)
     lines = [
-        f"Part 2: one {name} epoch ({n} training rows, {exp.net.sizes}, batch {m}, probe "
-        f"{cfg.probe_size}); {note}; {rounds} rounds; a training epoch (no metrics) = "
-        f"{statistics.median(seconds['epoch']):.3f} s",
+        f"{title}: one {name} epoch ({n} training rows, {exp.net.sizes}, batch {m}, probe "
+        f"{cfg.probe_size}){note}; {rounds} rounds; a training epoch (no metrics) = "
+        f"{statistics.median(seconds['epoch']):.4f} s",
         f"{'group':<15} {'median s':>8} {'share of an epoch':>17}  what",
         f"{'-' * 15} {'-' * 8} {'-' * 17}  {'-' * 30}",
     ]
@@ -306,11 +324,14 @@ def main() -> None:
     print("\n".join(header), flush=True)
     start = time.perf_counter()
     lines = part_digits(args.rounds)
-    lines += [""] + (
-        ["Part 2: skipped (--skip-real)"]
-        if args.skip_real
-        else part_real(args.real_rounds, args.mnist_path)
-    )
+    lines += [""] + part_epoch("Part 2", [], "digits", "", args.rounds, 0.1)
+    overrides, name, note = real_data(args.mnist_path)
+    if args.skip_real:
+        lines += ["", "Part 3: skipped (--skip-real)"]
+    elif overrides is None:
+        lines += ["", "Part 3: " + note]
+    else:
+        lines += [""] + part_epoch("Part 3", overrides, name, "; " + note, args.real_rounds, 0.0)
     lines.append(f"wall time {time.perf_counter() - start:.0f} s")
     print("\n" + "\n".join(lines))
     if args.save:

@@ -65,7 +65,7 @@ class TrainerConfig:
     sharpness_iterations: int = curvature.DEFAULT_ITERATIONS  # Lanczos budget (H v products)
     # Cockpit's instruments (docs/instruments-curvature.md); the first two need ``instruments``.
     gradient_tests_every: int = 1  # norm, inner-product, orthogonality tests; 0: never
-    alpha_every: int = 1  # alpha and update_size of each epoch's first step; 0: never
+    alpha_every: int = 0  # alpha and update_size of each epoch's first step; 0: never
     trace_every: int = 0  # Hutch++ trace of the probe's Hessian; 0: never
     trace_hvps: int = 30  # Hutch++ budget in H v products (3 per probe vector)
     top_k_every: int = 0  # the top_k largest Hessian eigenvalues by Lanczos; 0: never

@@ -25,6 +25,7 @@ def short_run():
     overrides = [
         "tracking.enabled=false",
         "trainer.epochs=4",
+        "trainer.alpha_every=1",
         "trainer.sharpness_every=2",
         "trainer.trace_every=2",
         "trainer.top_k_every=2",

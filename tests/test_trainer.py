@@ -238,7 +238,9 @@ def test_one_epoch_on_real_fashion_mnist_learns():
 # --- Cockpit's instruments and the Hessian's trace, top-k and spectrum (issue 26) -----------
 
 NEW_OFF = dict(gradient_tests_every=0, alpha_every=0, trace_every=0, top_k_every=0)
-HESSIAN = dict(trace_every=2, trace_hvps=9, top_k_every=2, top_k=3, top_k_iterations=12)
+GROUPS_ON = dict(
+    alpha_every=1, trace_every=2, trace_hvps=9, top_k_every=2, top_k=3, top_k_iterations=12
+)
 SPECTRUM = dict(spectrum_every=2, spectrum_steps=8, spectrum_probes=2)
 
 
@@ -261,7 +263,7 @@ def test_new_instruments_change_no_other_metric_and_log_where_due():
     records = []
     cfg_off = TrainerConfig(epochs=3, batch_size=20, sharpness_every=2, **NEW_OFF)
     off = train(*_sgd_run(2.0), cfg_off, 0)
-    cfg_on = TrainerConfig(epochs=3, batch_size=20, sharpness_every=2, **HESSIAN, **SPECTRUM)
+    cfg_on = TrainerConfig(epochs=3, batch_size=20, sharpness_every=2, **GROUPS_ON, **SPECTRUM)
     on = train(*_sgd_run(2.0), cfg_on, 0, collect(records))
     for before, after in zip(off.history, on.history, strict=True):
         assert {k: after[k] for k in before} == before  # bit for bit
@@ -288,7 +290,7 @@ def test_new_instruments_change_no_other_metric_and_log_where_due():
 
 
 def test_instruments_off_turns_off_the_tests_and_alpha_but_not_the_hessian():
-    cfg = TrainerConfig(epochs=1, batch_size=20, instruments=False, sharpness_every=0, **HESSIAN)
+    cfg = TrainerConfig(epochs=1, batch_size=20, instruments=False, sharpness_every=0, **GROUPS_ON)
     history = train(*_sgd_run(), cfg, 0).history
     assert not any("test/" in k or k in ("alpha", "update_size") for h in history for k in h)
     assert "hessian_trace" in history[0] and "hessian_trace" not in history[1]
@@ -300,7 +302,9 @@ def test_alpha_is_that_of_each_epochs_first_step(batch_size):
 
     # The trainer observes the start on the previous epoch's probe backprop, and the end on
     # the epoch's own when the epoch is one step (full batch); here both ends are recomputed.
-    cfg = TrainerConfig(epochs=2, batch_size=batch_size, shuffle=False, gradient_tests_every=0)
+    cfg = TrainerConfig(
+        epochs=2, batch_size=batch_size, shuffle=False, gradient_tests_every=0, alpha_every=1
+    )
     net, opt, cost, data = _sgd_run(2.0)
     result = train(net, opt, cost, data, cfg, 0)
     twin, _, _ = setup()
