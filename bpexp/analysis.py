@@ -40,6 +40,7 @@ from bpexp.statistics import (  # noqa: F401  (the public API of bpexp.analysis)
     arm_label,
     best_runs,
     compare,
+    factor_effects,
     label_arms,
     mean_std_ci,
     param_columns,

@@ -2,6 +2,7 @@
 
     python -m bpexp.report [SWEEP_NAME_OR_PARENT_RUN_ID] [--tracking-uri URI]
                            [--experiment NAME] [--out DIR] [--log | --no-log]
+                           [--target-loss L] [--target-accuracy A]
 
 The report reads what the sweeper wrote, never guesses it: the arm and stage of every job
 (``summary.csv``, :mod:`bpexp.jobs`) and, for a tune-then-confirm sweep, its protocol and its
@@ -255,7 +256,10 @@ def load(client: MlflowClient, parent: str, folder: Path | None = None) -> Sweep
         )
         table_file = folder / "protocol" / "final_table.csv"
         final = pd.read_csv(table_file, dtype={"arm": str}) if table_file.exists() else None
-    summary = summary[summary["run_id"].notna()].drop_duplicates("run_id")
+    summary = summary[summary["run_id"].notna() & (summary["run_id"] != "")]
+    summary = summary.drop_duplicates("run_id")
+    if summary.empty:  # untracked or invalid jobs only: nothing to read
+        return Sweep("", parent, [], pd.DataFrame(), pd.DataFrame(), protocol, final)
     runs = analysis.runs_by_id(client, list(summary["run_id"].astype(str)))
     decided = summary.set_index("run_id")[["arm", "stage"]].fillna("")
     runs["arm"] = runs["run_id"].map(decided["arm"]).fillna("all").replace("", "all")
@@ -281,9 +285,12 @@ def _yardstick(runs: pd.DataFrame) -> str:
     return "val/loss"
 
 
-def answer(sweep: Sweep) -> tuple[figures.Context, pd.DataFrame, pd.DataFrame, list[str]]:
+def answer(
+    sweep: Sweep, target_loss: float | None = None, target_accuracy: float | None = None
+) -> tuple[figures.Context, pd.DataFrame, pd.DataFrame, list[str]]:
     """The report's context, the answer table (as computed), the table as shown, and the
-    lines that say what was compared and how."""
+    lines that say what was compared and how. ``target_loss``/``target_accuracy``: a plain
+    grid's epochs to reach them (a protocol has its own ``target``)."""
     runs, history, protocol = sweep.runs, sweep.history, sweep.protocol
     if protocol is not None and sweep.final_table is not None and len(sweep.final_table):
         table = sweep.final_table
@@ -313,7 +320,15 @@ def answer(sweep: Sweep) -> tuple[figures.Context, pd.DataFrame, pd.DataFrame, l
         return ctx, table, protocol_display(protocol, table), lines
     metric = _yardstick(runs)
     over = [c for c in analysis.SETTING_COLUMNS if c in runs.columns]
-    table = analysis.compare(runs, history, by=["arm"], over=over, metric=metric)
+    table = analysis.compare(
+        runs,
+        history,
+        by=["arm"],
+        over=over,
+        metric=metric,
+        target_loss=target_loss,
+        target_accuracy=target_accuracy,
+    )
     lines = [
         f"arms: {', '.join(table['arm'])}; best setting over {', '.join(over) or '(none)'}"
         f" by the mean final {metric} over seeds ({_better(metric)} is better; a diverged run"
@@ -452,13 +467,19 @@ def _embedded(out: Path, files: Sequence[str]) -> dict[str, str]:
     return images
 
 
-def write(sweep: Sweep, out: Path, title: str | None = None) -> Report:
+def write(
+    sweep: Sweep,
+    out: Path,
+    title: str | None = None,
+    target_loss: float | None = None,
+    target_accuracy: float | None = None,
+) -> Report:
     """Write the report of ``sweep`` into ``out``: ``index.md``, ``index.html``, the figures
     of every section that applies, ``final_table.csv`` (the protocol's, as the sweeper wrote
     it) or ``comparison.csv`` (a grid's), and ``runs.csv``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    ctx, table, shown, lines = answer(sweep)
+    ctx, table, shown, lines = answer(sweep, target_loss, target_accuracy)
     table.to_csv(out / ("final_table.csv" if ctx.protocol else "comparison.csv"), index=False)
     sweep.runs.to_csv(out / "runs.csv", index=False)
     counts = sweep.runs["outcome"].value_counts().to_dict()
@@ -579,6 +600,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="report folder (then nothing is logged unless --log); default "
         "reports/<sweep>-<parent id[:8]>/, logged to the parent run",
     )
+    parser.add_argument("--target-loss", type=float, help="a grid: epochs to reach this loss")
+    parser.add_argument(
+        "--target-accuracy", type=float, help="a grid: epochs to reach this accuracy"
+    )
     logging = parser.add_mutually_exclusive_group()
     logging.add_argument("--log", action="store_true", help="log to the parent run")
     logging.add_argument("--no-log", action="store_true", help="do not log to the parent run")
@@ -595,7 +620,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: sweep parent run {parent} has no runs", file=sys.stderr)
         return 2
     out = Path(args.out or f"reports/{safe_name(sweep.name)}-{parent[:8]}").resolve()
-    report = write(sweep, out)
+    report = write(sweep, out, None, args.target_loss, args.target_accuracy)
     if args.log or not (args.out or args.no_log):
         client.log_artifacts(parent, str(out), REPORT_ARTIFACT_PATH)
         # The end of the multirun logged them already, unless it predates the report code.

@@ -304,3 +304,55 @@ def settings_varied(frame: pd.DataFrame) -> tuple[list[str], list[str]]:
     return arm_columns(frame, [*ARM_COLUMNS, *varied]), [
         c for c in SETTING_COLUMNS if c in frame.columns
     ]
+
+
+def factor_effects(
+    runs_frame: pd.DataFrame,
+    factor: str,
+    within: str | None = None,
+    *,
+    metric: str = "val/accuracy",
+    seed: str = "seed",
+) -> pd.DataFrame:
+    """The paired effect of a two-level ``factor`` (a param column: its second level minus
+    its first, seed by seed), within each level of ``within``, and their interaction.
+
+    For a factorial sweep's confirm runs (``optimizer.beta: 0.5,0.9`` x ``trainer.batch_size:
+    10,100``): ``factor_effects(confirm, "optimizer.beta", "trainer.batch_size")`` gives the
+    effect of beta at batch size 10, at batch size 100, and, when ``within`` has two levels,
+    the interaction: the difference of those two effects, per seed. Only completed runs with a
+    finite ``metric`` count; a seed counts where it has every run the effect needs.
+
+    Columns: ``effect`` (e.g. ``optimizer.beta: 0.9 - 0.5``), ``within`` (``trainer.batch_size
+    =10``, or ``interaction``), ``mean, std, ci95`` (Student t over the seeds), ``seeds``.
+    """
+    frame = runs_frame[runs_frame["outcome"] == "completed"]
+    frame = frame[np.isfinite(frame[metric].astype(float))]
+    levels = list(dict.fromkeys(frame[factor]))
+    if len(levels) != 2:
+        raise ValueError(f"{factor!r} has levels {levels} in the completed runs; need exactly 2")
+    low, high = sorted(levels, key=lambda v: (str(type(v)), v))
+    groups = list(dict.fromkeys(frame[within])) if within else [None]
+    name = f"{factor}: {high} - {low}"
+    rows, per_group = [], {}
+    for level in groups:
+        part = frame if within is None else frame[frame[within] == level]
+        values = part.pivot_table(index=seed, columns=factor, values=metric, aggfunc="mean")
+        if low not in values.columns or high not in values.columns:
+            continue
+        diff = (values[high] - values[low]).dropna()
+        per_group[level] = diff
+        mean, std, ci = mean_std_ci(diff.to_numpy())
+        where = "all" if within is None else f"{within}={level}"
+        rows.append({"effect": name, "within": where, "mean": mean, "std": std, "ci95": ci})
+        rows[-1]["seeds"] = len(diff)
+    if within is not None and len(per_group) == 2:
+        first, second = (per_group[g] for g in sorted(per_group, key=lambda v: (str(type(v)), v)))
+        shared = first.index.intersection(second.index)
+        diff = second[shared] - first[shared]
+        mean, std, ci = mean_std_ci(diff.to_numpy())
+        rows.append(
+            {"effect": name, "within": "interaction", "mean": mean, "std": std, "ci95": ci}
+            | {"seeds": len(shared)}
+        )
+    return pd.DataFrame(rows, columns=["effect", "within", "mean", "std", "ci95", "seeds"])

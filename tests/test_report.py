@@ -18,7 +18,15 @@ from mlflow.utils.validation import validate_param_and_metric_name
 from bpexp import analysis, report, sweep
 from tests.conftest import run_cli, tiny_optimizers_sweep
 
-ARM_KEYS = {"sgd", "momentum-classical", "nesterov"}
+ARM_KEYS = {"sgd", "momentum", "nesterov"}
+# A plain grid's report: every sweep's sections that apply (bpexp.figures).
+FIGURES = {
+    "lr_sensitivity.png",
+    "yardstick_curves.png",
+    "loss_curves.png",
+    "grad_norm.png",
+    "saturation.png",
+}
 
 
 @pytest.fixture(scope="module")
@@ -48,20 +56,23 @@ class _Images(HTMLParser):
 
 
 def _check_report_folder(folder: Path) -> str:
-    """Every plot exists, opens as an image, is linked from index.md and embedded whole in
+    """Every figure exists, opens as an image, is linked from index.md and embedded whole in
     index.html; returns the Markdown page."""
     page = (folder / "index.md").read_text()
+    linked = dict(
+        (file, caption) for caption, file in re.findall(r"^!\[(.*)\]\((.*)\)$", page, re.M)
+    )
+    assert set(linked) == FIGURES, linked
     parsed = _Images()
     parsed.feed((folder / "index.html").read_text())
-    for name, caption in report.PLOT_FILES.items():
+    for name, caption in linked.items():
         image = imread(folder / name)
         assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100, name
-        assert f"]({name})" in page, name
         kind, data = parsed.images[caption].split(",", 1)
         assert kind == "data:image/png;base64"
         assert base64.b64decode(data) == (folder / name).read_bytes(), name
-    assert {"sgd", "momentum/classical", "nesterov"} <= set(parsed.cells)
-    for arm in ("sgd", "momentum/classical", "nesterov"):
+    assert ARM_KEYS <= set(parsed.cells)
+    for arm in ARM_KEYS:
         assert re.search(rf"^\| {re.escape(arm)} \| ", page, re.MULTILINE), arm
     comparison = pd.read_csv(folder / "comparison.csv")
     assert len(comparison) == 3 and "val/loss_ci95" in comparison.columns
@@ -77,32 +88,33 @@ def test_multirun_end_logs_report_and_sweep_metrics_to_the_parent(swept):
     parent = client.get_run(swept["parent"].info.run_id)
     assert parent.info.status == "FINISHED"
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
-    files = [*report.PLOT_FILES, "index.md", "index.html", "comparison.csv"]
+    files = [*FIGURES, "index.md", "index.html", "comparison.csv"]
     expected = {f"report/{name}" for name in files}
     assert expected <= logged
     assert "summary.csv" in {a.path for a in client.list_artifacts(parent.info.run_id)}
     keys = set(parent.data.metrics)
     for name in report.PARENT_METRICS:
         assert {f"{arm}/{name}/optimizers" for arm in ARM_KEYS} <= keys
-    assert {"sgd/val/loss/optimizers", "momentum-classical/val/accuracy/optimizers"} <= keys
+    assert {"sgd/val/loss/optimizers", "momentum/val/accuracy/optimizers"} <= keys
     assert len(keys) == len(ARM_KEYS) * len(report.PARENT_METRICS)
 
 
 @pytest.mark.slow
 def test_sweep_metrics_are_each_arms_mean_over_seeds_at_its_best_lr(swept):
     # Recomputed without bpexp.analysis: the best lr of each optimizer from the summary.csv
-    # the jobs wrote (lowest mean final val/loss over seeds), then the mean over those runs of
-    # the val/loss curves read from the store with the plain client.
+    # the jobs wrote (highest mean final val/accuracy over seeds, ties to the earlier lr),
+    # then the mean over those runs of the val/loss curves read from the store with the
+    # plain client.
     table = pd.read_csv(swept["summary"])
     overrides = table["overrides"].str.split().apply(lambda kv: dict(s.split("=") for s in kv))
     table["optimizer"] = overrides.str["optimizer"]
     table["lr"] = overrides.str["optimizer.lr"].astype(float)
     client = MlflowClient(tracking_uri=swept["uri"])
     parent_id = swept["parent"].info.run_id
-    keys = {"sgd": "sgd", "momentum": "momentum-classical", "nesterov": "nesterov"}
+    keys = {"sgd": "sgd", "momentum": "momentum", "nesterov": "nesterov"}
     for optimizer, key in keys.items():
         arm = table[table["optimizer"] == optimizer]
-        best_lr = arm.groupby("lr")["val/loss"].mean().idxmin()
+        best_lr = arm.groupby("lr")["val/accuracy"].mean().idxmax()
         run_ids = arm.loc[arm["lr"] == best_lr, "run_id"]
         assert len(run_ids) == 2  # the two seeds
         curves = [
@@ -189,7 +201,7 @@ def test_a_failing_report_keeps_the_summary_and_closes_the_parent(
         raise RuntimeError("plotting exploded")
 
     monkeypatch.setattr(report, "log_sweep", broken)
-    sweep._close_parent(swept["uri"], parent.info.run_id, tmp_path, table, "FINISHED")
+    sweep._close_parent(swept["uri"], parent.info.run_id, tmp_path, "FINISHED")
     assert "warning: no sweep report: RuntimeError: plotting exploded" in capsys.readouterr().err
     assert client.get_run(parent.info.run_id).info.status == "FINISHED"
     assert [a.path for a in client.list_artifacts(parent.info.run_id)] == ["summary.csv"]
@@ -200,7 +212,7 @@ def test_metric_keys_are_valid_mlflow_names():
     assert report.parent_metric_key("val/loss", "momentum/ema+bc", "momentum_beta") == (
         "momentum-ema-bc/val/loss/momentum_beta"
     )
-    for arm in ("sgd trainer.batch_size=10", "x [30, 30] relu", "momentum/classical"):
+    for arm in ("beta=0.5 batch_size=10", "network=deep_relu hidden=[30,30]", "sgd"):
         key = report.parent_metric_key("val/accuracy", arm, "my sweep/2")
         assert validate_param_and_metric_name(key) and key.count("/") == 3, key
         assert key.endswith("/val/accuracy/my_sweep-2"), key
@@ -211,11 +223,13 @@ def test_log_sweep_without_a_tracked_run_writes_no_report(tmp_path):
     table = pd.DataFrame(
         {
             "job": [0, 1, 2],
+            "arm": ["all"] * 3,
             "outcome": ["completed", "invalid", "completed"],
             "run_id": [None, "", np.nan],
         }
     )
-    assert report.log_sweep(object(), "0" * 32, tmp_path, table) is None
+    table.to_csv(tmp_path / "summary.csv", index=False)
+    assert report.log_sweep(object(), "0" * 32, tmp_path) is None
     assert not (tmp_path / "report").exists()
 
 
@@ -254,25 +268,22 @@ def _synthetic(cost_names=("quadratic", "cross_entropy")) -> tuple[pd.DataFrame,
 
 def test_write_report_without_validation_split_and_with_different_costs(tmp_path):
     runs, history = _synthetic()
-    result = report.write_report(runs, history, tmp_path, title="synthetic")
+    runs["arm"] = runs["cost.name"]  # the sweeper's arms: cost=quadratic,cross_entropy
+    sweep = report.Sweep("costs", "0" * 32, ["a note"], runs, history, None, None)
+    result = report.write(sweep, tmp_path, title="synthetic")
     page = result.index.read_text()
     # No validation split: ranked by train/accuracy, one quantity under every cost.
     assert "by the mean final train/accuracy over seeds (higher is better" in page
-    assert "vs best, paired" in page
-    assert set(result.comparison["arm"]) == {
-        "sgd cost.name=quadratic",
-        "sgd cost.name=cross_entropy",
-    }
-    assert set(result.comparison["optimizer.lr"]) == {1.0}
-    for name in report.PLOT_FILES:
+    assert "vs best, paired" in page and "- a note" in page
+    assert set(result.table["arm"]) == {"quadratic", "cross_entropy"}
+    assert set(result.table["optimizer.lr"]) == {1.0}
+    for name in result.files:
         assert imread(tmp_path / name).ndim == 3
+    assert set(result.files) == FIGURES
     metrics = report.parent_metrics(result.curves, "costs", timestamp=1)
     keys = {m.key for m in metrics}
-    assert keys == {
-        "sgd_cost.name_quadratic/train/loss/costs",
-        "sgd_cost.name_cross_entropy/train/loss/costs",
-    }
-    quadratic = sorted((m.step, m.value) for m in metrics if m.key.startswith("sgd_cost.name_q"))
+    assert keys == {"quadratic/train/loss/costs", "cross_entropy/train/loss/costs"}
+    quadratic = sorted((m.step, m.value) for m in metrics if m.key.startswith("quadratic"))
     # Mean over seeds 0 and 1 at lr = 1.0: (0.5 + 0.51) / 2 (3 - step).
     np.testing.assert_allclose([v for _, v in quadratic], [0.505 * (3 - s) for s in range(3)])
 
@@ -299,8 +310,8 @@ def test_edge_of_stability_report_draws_sharpness_against_each_threshold(tmp_pat
     for arm, lr, bound in [
         ("sgd", "0.02", "100"),
         ("sgd", "0.1", "20"),
-        ("momentum/classical", "0.02", "190"),
-        ("momentum/classical", "0.1", "38"),
+        ("momentum", "0.02", "190"),
+        ("momentum", "0.1", "38"),
     ]:
         assert re.search(rf"^\| {re.escape(arm)} \| {lr} \| 0 \| \w+ \| {bound} \|", page, re.M), (
             arm,
@@ -323,27 +334,3 @@ def test_batch_size_report_shows_the_gradient_noise_scale_per_batch_size(tmp_pat
     # At epoch 0 every run has the same weights and probe (same seed): one B_simple.
     assert len({r[1] for r in rows}) == 1 and float(rows[0][1]) > 0
     assert "B_simple = tr(Σ)/|G|²" in section
-
-
-def test_arms_of_one_rule_are_named_by_their_form():
-    # sweep=momentum_beta: one rule (momentum) in three forms; every arm once read "all".
-    runs = pd.DataFrame(
-        {
-            "run_id": ["a", "b", "c"],
-            "optimizer.name": ["momentum"] * 3,
-            "optimizer.form": ["classical", "ema", "ema"],
-            "optimizer.bias_correction": [False, False, True],
-            "optimizer.lr": [3.16] * 3,
-            "optimizer.beta": [0.5] * 3,
-            "seed": [100] * 3,
-        }
-    )
-    protocol = report.proto.Protocol(
-        search=(),
-        yardstick="val/accuracy",
-        direction="maximize",
-        target=None,
-        keys=("optimizer.beta", "optimizer.lr"),
-    )
-    arms = report._with_arms(runs, protocol)["arm"].tolist()
-    assert arms == ["momentum/classical", "momentum/ema", "momentum/ema+bc"]
