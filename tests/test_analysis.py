@@ -374,3 +374,31 @@ def test_one_word_metrics_are_not_params():
         | {"grad_noise_scale": [5.0], "val/loss": [0.2]}
     )
     assert analysis.param_columns(frame) == ["optimizer.lr", "seed"]
+
+
+def test_factor_effects_match_a_hand_computation():
+    # 2 x 2 with seeds 1, 2, 3; seed 3 of (b=1, c=20) diverged, so that cell has 2 seeds.
+    rows = []
+    value = {(0, 10): [0.50, 0.60, 0.70], (1, 10): [0.55, 0.70, 0.70]}
+    value |= {(0, 20): [0.40, 0.50, 0.60], (1, 20): [0.60, 0.55, np.nan]}
+    for (b, c), values in value.items():
+        for seed, v in zip((1, 2, 3), values, strict=True):
+            outcome = "diverged" if np.isnan(v) else "completed"
+            rows.append({"b": b, "c": c, "seed": seed, "val/accuracy": v, "outcome": outcome})
+    frame = pd.DataFrame(rows)
+    effects = analysis.factor_effects(frame, "b", "c").set_index("within")
+    at10 = np.array([0.05, 0.10, 0.0])
+    at20 = np.array([0.20, 0.05])
+    assert effects.loc["c=10", "mean"] == pytest.approx(at10.mean())
+    assert effects.loc["c=10", "ci95"] == pytest.approx(
+        analysis.t_quantile(2) * at10.std(ddof=1) / np.sqrt(3)
+    )
+    assert effects.loc["c=20", "mean"] == pytest.approx(at20.mean())
+    assert effects.loc["c=20", "seeds"] == 2
+    inter = at20 - at10[:2]  # the seeds both effects have
+    assert effects.loc["interaction", "mean"] == pytest.approx(inter.mean())
+    assert effects.loc["interaction", "seeds"] == 2
+    overall = analysis.factor_effects(frame, "b")
+    assert list(overall["within"]) == ["all"] and overall.loc[0, "seeds"] == 3
+    with pytest.raises(ValueError, match="need exactly 2"):
+        analysis.factor_effects(frame, "seed")
