@@ -401,8 +401,10 @@ def spectral_density(
     Σ_j s_{1j}² f(θ_j), exact for polynomials f of degree < 2·steps. Since E[(v·u_i)²] = 1/n,
     the mean over ``probes`` probes of Σ_j s_{1j}² g(t − θ_j), g a Gaussian, estimates the
     broadened density (1/n) Σ_i g(t − λ_i). The Gaussian's standard deviation is
-    ``relative_sigma`` times the width of the nodes' range; the grid runs from 5 of them below
-    the smallest node to 5 above the largest. Costs probes · steps products at most.
+    σ = ``relative_sigma`` · max(θ_max − θ_min, |θ_max|, |θ_min|) over the nodes (the spectrum's
+    scale: its width, or its distance from 0 when that is larger; 1 when every node is 0); the
+    grid runs from 5σ below the smallest node to 5σ above the largest. Costs probes · steps
+    products at most.
     """
     steps = min(steps, n)
     nodes = np.full((probes, steps), math.nan)
@@ -420,7 +422,7 @@ def spectral_density(
         grid = np.full(grid_points, math.nan)
         return SpectralDensity(grid, grid.copy(), nodes, weights, math.nan, steps, probes, hvps)
     low, high = float(nodes[finite].min()), float(nodes[finite].max())
-    sigma = relative_sigma * max(high - low, abs(high), abs(low), 1e-300)
+    sigma = relative_sigma * (max(high - low, abs(high), abs(low)) or 1.0)  # H = 0: unit scale
     grid = np.linspace(low - 5 * sigma, high + 5 * sigma, grid_points)
     used = np.where(finite, nodes, 0.0)
     density = np.zeros(grid_points)

@@ -74,7 +74,7 @@ class TrainerConfig:
     spectrum_every: int = 0  # eigenvalue spectral density by stochastic Lanczos quadrature
     spectrum_steps: int = 30  # Lanczos steps per probe vector (H v products)
     spectrum_probes: int = 4  # probe vectors
-    spectrum_sigma: float = 0.02  # Gaussian broadening, as a fraction of the spectrum's width
+    spectrum_sigma: float = 0.02  # Gaussian broadening, as a fraction of the spectrum's scale
 
 
 @dataclass(frozen=True)
