@@ -89,6 +89,18 @@ MUTANTS = {
             "tests/test_sweep_guarantees.py::test_rerun_skips_diverged_jobs_and_runs_failed_ones_again"
         ],
     ),
+    "confirm-on-tuning-seeds": (
+        "hydra_plugins/bpexp_sweeper/bpexp_sweeper.py",
+        "for seed in protocol.confirm_seeds",
+        "for seed in protocol.tune_seeds",
+        ["tests/test_jobs.py::test_a_factorial_sweep_stays_factorial_in_every_output"],
+    ),
+    "confirm-jobs-tagged-tune": (
+        "hydra_plugins/bpexp_sweeper/bpexp_sweeper.py",
+        '                "confirm",\n',
+        '                "tune",\n',
+        ["tests/test_jobs.py::test_a_factorial_sweep_stays_factorial_in_every_output"],
+    ),
     "xavier-bias-not-zero": (
         "bpexp/network.py",
         "            W[...] = rng.uniform(-limit, limit, W.shape)\n            b[...] = 0.0",
@@ -99,9 +111,10 @@ MUTANTS = {
 
 
 def copy_repository(folder: Path) -> Path:
-    """bpexp/, conf/, sweeps/, tests/ and pyproject.toml of this checkout, copied."""
+    """bpexp/, hydra_plugins/ (the sweeper), conf/, sweeps/, tests/ and pyproject.toml of this
+    checkout, copied."""
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in ("bpexp", "conf", "sweeps", "tests"):
+    for name in ("bpexp", "hydra_plugins", "conf", "sweeps", "tests"):
         shutil.copytree(ROOT / name, folder / name, ignore=ignore)
     shutil.copy2(ROOT / "pyproject.toml", folder / "pyproject.toml")
     return folder
@@ -109,9 +122,11 @@ def copy_repository(folder: Path) -> Path:
 
 def run_tests(copy: Path, tests: list[str]) -> subprocess.CompletedProcess:
     env = cli_env(PYTHONPATH=str(copy), PYTHONDONTWRITEBYTECODE="1")
-    check = [sys.executable, "-c", "import bpexp; print(bpexp.__file__)"]
+    check = [sys.executable, "-c", "import bpexp, hydra_plugins.bpexp_sweeper.bpexp_sweeper as s"]
+    check[-1] += "; print(bpexp.__file__); print(s.__file__)"
     where = subprocess.run(check, cwd=copy, env=env, capture_output=True, text=True, check=True)
-    assert Path(where.stdout.strip()).is_relative_to(copy), where.stdout  # the copy is tested
+    for line in where.stdout.split():  # the copy is tested: the package and the sweeper
+        assert Path(line).is_relative_to(copy), where.stdout
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-p", "no:xdist"]
         + tests,
