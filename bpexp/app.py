@@ -230,7 +230,7 @@ def execute(
             )
         out = _train(exp, [*listeners, log], echo)
         out.run_id = log.run_id
-        _log_run_artifacts(log, exp, cfg.tracking.plots)
+        _log_run_artifacts(log, exp, out)
         log.outcome, log.end_tags = out.outcome, run_warnings(out.train_result, cfg.trainer)
     if echo:
         print(
@@ -311,10 +311,16 @@ def run_warnings(result: TrainResult, trainer: TrainerConfig) -> dict[str, str]:
     }
 
 
-def _log_run_artifacts(logger, exp: Experiment, plots: bool) -> None:
-    """config.yaml, weights/initial.npz, weights/final.npz, history.parquet and the plots."""
+def _log_run_artifacts(logger, exp: Experiment, out: Result) -> None:
+    """config.yaml, weights/initial.npz, weights/final.npz, history.parquet, the Hessian's
+    spectra (``hessian_spectrum.npz``, when ``trainer.spectrum_every`` measured any) and, with
+    ``tracking.plots``, the run's PNGs (curves, gradient norms, saturation, its cockpit and
+    spectrum figures)."""
+    from bpexp import curvature
+
     history = pd.DataFrame(logger.rows, columns=["metric", "step", "value"])
     history.insert(0, "run_id", logger.run_id)
+    spectra = out.train_result.spectra if out.train_result is not None else {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         (tmp_path / "weights").mkdir()
@@ -322,10 +328,20 @@ def _log_run_artifacts(logger, exp: Experiment, plots: bool) -> None:
         save_weights(weights(exp.net), tmp_path / "weights" / "final.npz")
         save_weights(exp.initial_weights, tmp_path / "weights" / "initial.npz")
         history.to_parquet(tmp_path / "history.parquet", index=False)
-        if plots:
+        if spectra:
+            curvature.save_spectra(str(tmp_path / "hessian_spectrum.npz"), spectra)
+        if exp.cfg.tracking.plots:
+            from bpexp import cockpit_plots
             from bpexp.plots import save_run_plots
 
-            save_run_plots(history, tmp_path / "plots", dpi=80)
+            folder = tmp_path / "plots"
+            save_run_plots(history, folder, dpi=80)
+            title = run_name(exp.cfg)
+            figure = cockpit_plots.cockpit_figure(out.history.reset_index(), title=title)
+            cockpit_plots.save(figure, folder / "cockpit.png", dpi=80)
+            if spectra:
+                figure = cockpit_plots.spectrum_figure(spectra)
+                cockpit_plots.save(figure, folder / "spectrum.png", dpi=80)
         logger.client.log_artifacts(logger.run_id, tmp)
 
 

@@ -134,3 +134,30 @@ def test_every_optimizer_learns(opt):
         + (["optimizer.lr=0.3"] if opt == "sgd" else [])
     )
     assert result.history.loc[3, "train/loss"] < result.history.loc[0, "train/loss"]
+
+
+def test_a_run_logs_its_spectra_and_draws_its_cockpit_when_asked(store_uri, tmp_path):
+    from mlflow import MlflowClient
+
+    from bpexp.curvature import load_spectra
+
+    args = [f"tracking.uri={store_uri}", "tracking.plots=true", "trainer.epochs=2"]
+    args += ["trainer.spectrum_every=2", "trainer.spectrum_steps=6", "trainer.spectrum_probes=2"]
+    result = bpexp.run(args)
+    client = MlflowClient(tracking_uri=store_uri)
+    files = {a.path for a in client.list_artifacts(result.run_id, "plots")}
+    assert {"plots/cockpit.png", "plots/spectrum.png"} <= files
+    path = client.download_artifacts(result.run_id, "hessian_spectrum.npz", str(tmp_path))
+    spectra = load_spectra(path)
+    assert sorted(spectra) == [0, 2]  # measured at epochs 0 and 2
+    grid, density = spectra[2]
+    mass = np.sum((density[1:] + density[:-1]) / 2 * np.diff(grid))  # the trapezoid rule
+    assert np.all(density >= 0) and mass == pytest.approx(1, abs=0.05)
+    # A skipped rerun returns the same history and weights, read from the run's artifacts.
+    again = bpexp.run(args)
+    assert again.skipped and again.run_id == result.run_id
+    np.testing.assert_array_equal(again.weights["W1"], result.weights["W1"])
+    shared = [c for c in result.history.columns if not c.startswith("test/")]
+    np.testing.assert_allclose(
+        again.history[shared].to_numpy(), result.history[shared].to_numpy(), rtol=1e-15
+    )
