@@ -353,23 +353,49 @@ def _param_value(value: object) -> str:
     return "null" if value is None else str(value)
 
 
+def error_text(exc: BaseException) -> str:
+    """``Type: message`` of ``exc``, on one line, for the ``bpexp.error`` tag and the summary
+    (SQLAlchemy appends a "Background on this error" line that says nothing)."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    lines = [line for line in lines if not line.startswith("(Background on this error")]
+    return f"{type(exc).__name__}: {' '.join(lines)}"[:5000]  # MLflow's tag limit: 8000
+
+
 def end_run(logger: RunLogger, outcome: str, extra_tags: dict[str, str] | None = None) -> None:
     """Flush what is buffered with the outcome tag, and set the run's status from it.
 
-    If the metrics cannot be sent, the tags and the status still are, and the error is raised.
+    A run ends FINISHED (completed or diverged) only if every point and tag reached the store.
+    If the last points cannot be sent, the run is closed FAILED instead (KILLED if it was
+    interrupted), with the reason in ``bpexp.error``, and the error is raised: a rerun then
+    runs it again (:func:`finished_run`). If even that cannot be written the run stays RUNNING,
+    which a rerun does not skip either, and the next sweep closes it as stale.
     """
     if outcome not in OUTCOMES:
         raise ValueError(f"outcome {outcome!r} not in {OUTCOMES}")
-    tags = [RunTag("outcome", outcome)] + [RunTag(k, v) for k, v in (extra_tags or {}).items()]
-    sent = False
+    tags = {"outcome": outcome, **(extra_tags or {})}
     with stop.uninterrupted_write():  # a stop signal meanwhile is raised once the run is closed
         try:
-            logger.flush(tags)
-            sent = True
-        finally:
-            if not sent:
-                logger.client.log_batch(logger.run_id, tags=tags, synchronous=True)
+            logger.flush([RunTag(k, v) for k, v in tags.items()])
             logger.client.set_terminated(logger.run_id, status=STATUS[outcome])
+        except Exception as exc:
+            _close_unwritten(logger, outcome, tags, exc)
+            raise
+
+
+def _close_unwritten(logger: RunLogger, outcome: str, tags: dict[str, str], exc: Exception) -> None:
+    """Close a run whose last write failed as not complete: FAILED (KILLED if interrupted),
+    with why in ``bpexp.error`` (an error already there is kept first)."""
+    final = "interrupted" if outcome == "interrupted" else "failed"
+    reason = f"the run's last points or status could not be written: {error_text(exc)}"
+    if tags.get("bpexp.error"):
+        reason = f"{tags['bpexp.error']}; {reason}"
+    closing = {**tags, "outcome": final, "bpexp.error": reason[:5000]}
+    try:
+        logger.client.log_batch(
+            logger.run_id, tags=[RunTag(k, v) for k, v in closing.items()], synchronous=True
+        )
+    finally:
+        logger.client.set_terminated(logger.run_id, status=STATUS[final])
 
 
 @contextmanager
@@ -416,15 +442,17 @@ def tracked_run(
             raise
         _close_quietly(logger, "interrupted")
         raise
-    except Exception:
+    except Exception as exc:
         if logger is None:
             raise
-        _close_quietly(logger, "failed", traceback.format_exc())
+        _close_quietly(logger, "failed", traceback.format_exc(), error_text(exc))
         raise
     end_run(logger, logger.outcome, logger.end_tags)
 
 
-def _close_quietly(logger: RunLogger, outcome: str, trace: str | None = None) -> None:
+def _close_quietly(
+    logger: RunLogger, outcome: str, trace: str | None = None, reason: str | None = None
+) -> None:
     """Close a run after an error without hiding that error under a second one.
 
     The reason (the traceback's last line) goes in the ``bpexp.error`` tag, so that a run whose
@@ -432,7 +460,7 @@ def _close_quietly(logger: RunLogger, outcome: str, trace: str | None = None) ->
     """
     tags = {}
     if trace is not None:
-        tags["bpexp.error"] = trace.strip().splitlines()[-1][:5000]  # MLflow's limit: 8000
+        tags["bpexp.error"] = reason or trace.strip().splitlines()[-1][:5000]
         try:
             log_files(logger, {"traceback.txt": trace.encode()})
         except Exception as exc:  # the artifact store may be what failed
@@ -459,5 +487,10 @@ def finished_run(client: MlflowClient, experiment_id: str, digest: str):
     runs = client.search_runs(
         [experiment_id], filter_string=f"tags.`bpexp.config_hash` = '{digest}'", max_results=100
     )
-    final = [run for run in runs if run.data.tags.get("outcome") in ("completed", "diverged")]
+    final = [
+        run
+        for run in runs
+        if run.data.tags.get("outcome") in ("completed", "diverged")
+        and run.info.status == "FINISHED"  # a run whose status could not be set is not final
+    ]
     return final[0] if final else None

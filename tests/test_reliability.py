@@ -374,3 +374,61 @@ def test_joblib_sweep_against_an_mlflow_server_on_postgresql(tmp_path, postgres_
     finally:
         stop_group(server)
     assert "Traceback" not in output(server), output(server)[-3000:]
+
+
+def points_in_store(client, run) -> int:
+    return sum(len(client.get_metric_history(run.info.run_id, key)) for key in run.data.metrics)
+
+
+def points_in_history(client, run, folder: Path) -> int:
+    """The rows of the run's history.parquet (artifacts live outside the store's file)."""
+    local = client.download_artifacts(run.info.run_id, "history.parquet", str(folder))
+    return len(pd.read_parquet(local))
+
+
+def test_a_full_store_fails_its_runs_and_the_rerun_runs_them_again(tmp_path, tmpfs):
+    """Issue 28, defect 1: the SQLite store on a 2 MB file system fills up mid-sweep. A run is
+    FINISHED/completed only with every point written; the others are FAILED with the reason in
+    bpexp.error, and once there is room the same command runs them again."""
+    store = tmpfs(tmp_path / "store", size="2m")
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    args = ["-m", "optimizer.lr=0.1,0.5,1,2,3,4,5,6", "trainer.epochs=30"]
+    args += ["trainer.sharpness_every=0", f"tracking.uri={uri}"]
+    full = run_cli(args, tmp_path, timeout=900)
+    assert full.returncode == 1, full.stderr[-3000:]
+    client, _, children = sweep_runs(uri)
+    complete = []
+    for run in children:
+        if run.info.status == "FINISHED":
+            assert run.data.tags["outcome"] == "completed"
+            stored = points_in_store(client, run)
+            assert stored == points_in_history(client, run, tmp_path / "dl") > 100, run.info
+            complete.append(run.info.run_id)
+        else:  # the store refused a write: FAILED, and says why
+            assert run.info.status == "FAILED", (run.info, run.data.tags)
+            assert run.data.tags["outcome"] == "failed"
+            assert "database or disk is full" in run.data.tags["bpexp.error"]
+    print(f"{len(complete)} of {len(children)} runs complete on the full store")
+    assert len(complete) < 8  # the disk did fill up
+
+    subprocess.run(["mount", "-o", "remount,size=20m", str(store)], check=True)
+    again = run_cli(args, tmp_path, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    table = pd.read_csv(sorted(tmp_path.glob("multirun/*/*/summary.csv"))[-1])
+    skipped = set(table.loc[table["outcome"] == "skipped", "run_id"])
+    assert skipped == set(complete), again.stdout[-3000:]  # only the complete runs are skipped
+    assert (table["outcome"] == "completed").sum() == 8 - len(complete)
+    client, _, children = sweep_runs(uri)
+    done = [r for r in children if r.info.status == "FINISHED"]
+    assert sorted(float(r.data.params["optimizer.lr"]) for r in done) == [
+        0.1,
+        0.5,
+        1,
+        2,
+        3,
+        4,
+        5,
+        6,
+    ]
+    for run in done:
+        assert points_in_store(client, run) == points_in_history(client, run, tmp_path / "dl2")

@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 import bpexp
 from bpexp.app import build, compose
 from bpexp.errors import TrackingError
-from bpexp.tracking import RunLogger, connect, end_run
+from bpexp.tracking import RunLogger, connect, end_run, finished_run
 from bpexp.trainer import EndRecord, EpochRecord, StepRecord
 from tests.conftest import AUTH_ADMIN, run_cli, start_mlflow_server
 
@@ -320,23 +320,40 @@ def test_end_run_sends_the_last_metrics_with_the_outcome_in_one_request(store_ur
     assert logger.points_logged == 4 == len(logger.rows)
 
 
-def test_end_run_tags_and_closes_the_run_when_metrics_cannot_be_sent(store_uri):
-    # MLflow refuses the whole batch for one metric name it does not allow ('!').
+def test_a_run_whose_last_points_cannot_be_sent_is_failed_not_completed(store_uri):
+    # MLflow refuses the whole batch for one metric name it does not allow ('!'): the run
+    # would have lost its points, so it is not "completed" but FAILED, saying why (issue 28).
     from mlflow.exceptions import MlflowException
 
     client = CountingClient(store_uri)
     logger = RunLogger(client, _new_run(client))
     logger(EpochRecord(0, {"train/loss": 1.0, "bad name!": 2.0}))
     with pytest.raises(MlflowException):
-        end_run(logger, "failed", {"error": "x"})
-    assert client.calls == [
-        ("log_batch", 2, {"outcome": "failed", "error": "x"}),
-        ("log_batch", 0, {"outcome": "failed", "error": "x"}),
+        end_run(logger, "completed", {"warning.x": "y"})
+    assert [c[:2] for c in client.calls] == [
+        ("log_batch", 2),
+        ("log_batch", 0),
         ("set_terminated", "FAILED"),
     ]
+    assert client.calls[0][2] == {"outcome": "completed", "warning.x": "y"}  # refused
     run = client.get_run(logger.run_id)
     assert run.info.status == "FAILED"
-    assert run.data.tags["outcome"] == "failed" and run.data.tags["error"] == "x"
+    assert run.data.tags["outcome"] == "failed" and run.data.tags["warning.x"] == "y"
+    assert "bad name!" in run.data.tags["bpexp.error"]
+    assert run.data.metrics == {}  # nothing of the refused batch was written
+    assert finished_run(client, run.info.experiment_id, "no-such-digest") is None
+
+
+def test_a_run_whose_status_cannot_be_set_is_not_taken_as_finished(store_uri):
+    # The last points and outcome=completed are written, then setting FINISHED fails: the run
+    # must not be skipped by a rerun (finished_run needs the FINISHED status too).
+    client = MlflowClient(tracking_uri=store_uri)
+    experiment_id = client.create_experiment("status")
+    run = client.create_run(experiment_id, tags={"bpexp.config_hash": "abc"})
+    client.set_tag(run.info.run_id, "outcome", "completed")
+    assert finished_run(client, experiment_id, "abc") is None  # still RUNNING
+    client.set_terminated(run.info.run_id, "FINISHED")
+    assert finished_run(client, experiment_id, "abc").info.run_id == run.info.run_id
 
 
 def test_curvature_metrics_at_step_epoch_and_a_warning_tag_when_lanczos_stops_short(store_uri):
