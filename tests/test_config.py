@@ -149,11 +149,13 @@ def test_optimizers_mnist_sweep_is_the_books_network_on_an_equal_budget(composer
     assert cfg.cost.name == "quadratic" and cfg.trainer.batch_size == 10
     assert cfg.trainer.epochs == 10 and cfg.trainer.sharpness_every == 1
     p = protocol.parse(OmegaConf.to_container(cfg.hydra.sweeper.protocol))
-    # The header's promise: 9 learning rates log-spaced from 10^-2 to 10^1.5 (x2.74) on tuning
-    # seed 0 for every arm, then 10 fresh confirm seeds: 3 x (9 + 10) = 57 runs.
+    # The header's promise: 9 learning rates log-spaced from 10^-2.5 to 10^1.5 (x3.16) on
+    # tuning seed 0 for every arm, then 10 fresh confirm seeds: 3 x (9 + 10) = 57 runs.
     lrs = np.array([setting["optimizer.lr"] for setting in protocol.grid(p)])
-    assert len(lrs) == 9 and (lrs[0], lrs[-1]) == (0.01, 31.6)
-    np.testing.assert_allclose(lrs[1:] / lrs[:-1], 10 ** (3.5 / 8), rtol=5e-3)  # 3 digits
+    assert len(lrs) == 9 and (lrs[0], lrs[-1]) == (0.00316, 31.6)
+    np.testing.assert_allclose(lrs[1:] / lrs[:-1], 10**0.5, rtol=5e-3)  # 3 digits
+    # Momentum's effective step lr / (1 - 0.9) at lr eta / 10 is SGD's at eta: 7 matched pairs.
+    assert sum(np.isclose(10 * lrs, lr).any() for lr in lrs) == 7
     assert p.tune_seeds == (0,) and p.confirm_seeds == tuple(range(100, 110))
     assert not set(p.tune_seeds) & set(p.confirm_seeds)
     assert 3 * (len(lrs) * len(p.tune_seeds) + len(p.confirm_seeds)) == 57
