@@ -176,10 +176,19 @@ _LIMITS = None  # a worker's threadpoolctl limiter, kept alive for the life of t
 
 
 def _one_blas_thread() -> None:
+    # threadpoolctl limits the libraries loaded when it is called: load NumPy's BLAS first.
+    import numpy  # noqa: F401
     from threadpoolctl import threadpool_limits
 
     global _LIMITS
     _LIMITS = threadpool_limits(limits=1)
+
+
+def blas_threads() -> list[int]:
+    """The thread counts of the BLAS libraries loaded in this process (1 each in a worker)."""
+    from threadpoolctl import threadpool_info
+
+    return [int(info["num_threads"]) for info in threadpool_info()]
 
 
 def one_run(overrides: list[str], kind: str) -> dict[str, float]:
@@ -337,6 +346,10 @@ def main() -> None:
     pending: dict[Future, tuple[str, object]] = {}
     context = get_context("spawn")
     with ProcessPoolExecutor(args.jobs, mp_context=context, initializer=_one_blas_thread) as pool:
+        threads = pool.submit(blas_threads).result()
+        print(f"BLAS threads in a worker: {threads}", flush=True)
+        if any(n != 1 for n in threads):
+            raise SystemExit(f"a worker runs {threads} BLAS threads, not 1")
 
         def submit(tag: tuple[str, object], overrides: list[str], kind: str) -> None:
             pending[pool.submit(one_run, [*data, *overrides, *extra], kind)] = tag
