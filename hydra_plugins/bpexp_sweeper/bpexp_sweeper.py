@@ -280,8 +280,6 @@ class BpexpSweeper(Sweeper):
         """Compose one config per arm before anything runs: unknown keys and options fail
         here; search keys must exist; a yardstick must be logged; losses of different costs
         must not rank arms. Returns each arm's ``optimizer.*`` values."""
-        from bpexp.config import flatten
-
         loader = self.hydra_context.config_loader
         costs, out = {}, {}
         for arm, overrides in arms.items():
@@ -293,7 +291,9 @@ class BpexpSweeper(Sweeper):
             except Exception as exc:
                 raise ConfigError(f"arm {arm!r} ({' '.join(overrides)}): {exc}") from None
             job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
-            flat = flatten(OmegaConf.to_container(job, resolve=True))
+            # Dotted keys (optimizer.lr) of the arm's config; lists stay values.
+            flat = pd.json_normalize(OmegaConf.to_container(job, resolve=True), sep=".")
+            flat = flat.iloc[0].to_dict()
             for space in protocol.search:
                 if space.key not in flat:
                     raise ConfigError(
