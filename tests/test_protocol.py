@@ -352,3 +352,20 @@ def test_bad_protocol_input_stops_before_any_run(tmp_path, extra, message):
         from mlflow import MlflowClient
 
         assert MlflowClient(tracking_uri=uri).search_runs(["0", "1"]) == []
+
+
+def test_the_protocol_round_trips_through_its_one_form():
+    settings = {
+        "search": {"optimizer": {"lr": {"low": 0.01, "high": 10, "points": 4}}},
+        "tune_seeds": [0, 1],
+        "confirm_seeds": [100, 101],
+        "yardstick": "val/loss",
+        "target": 0.2,
+    }
+    protocol = proto.parse(settings)
+    data = json.loads(json.dumps(protocol.to_dict()))  # as protocol.json holds it
+    assert proto.Protocol.from_dict(data) == protocol
+    assert protocol.direction == "minimize" and protocol.keys == ("optimizer.lr",)
+    params = protocol.params()
+    assert params["protocol.search.optimizer.lr"] == "4 log-spaced from 0.01 to 10"
+    assert params["protocol.target"] == "0.2" and params["protocol.confirm_seeds"] == "[100, 101]"

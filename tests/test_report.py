@@ -149,9 +149,17 @@ def test_report_command_writes_the_default_folder_and_logs_it(swept, tmp_path):
 def test_report_main_by_parent_id_into_a_chosen_folder(swept, tmp_path):
     parent_id = swept["parent"].info.run_id
     out = tmp_path / "mine"
-    args = [parent_id, "--tracking-uri", swept["uri"], "--out", str(out), "--no-log"]
+    args = [parent_id, "--tracking-uri", swept["uri"], "--out", str(out)]
     args += ["--target-loss", "0.5", "--target-accuracy", "0.2"]
+    client = MlflowClient(tracking_uri=swept["uri"])
+    before = {a.path for a in client.list_artifacts(parent_id, "report")}
+    stored = client.download_artifacts(parent_id, "report/index.md", str(tmp_path / "before"))
     assert report.main(args) == 0
+    # --out writes only to DIR: the parent's report is the one the sweep logged, unchanged.
+    assert {a.path for a in client.list_artifacts(parent_id, "report")} == before
+    again = client.download_artifacts(parent_id, "report/index.md", str(tmp_path / "after"))
+    assert Path(again).read_text() == Path(stored).read_text()
+    assert "epochs to target" not in Path(again).read_text()
     page = _check_report_folder(out)
     assert "epochs to target loss" in page and "epochs to target accuracy" in page
     comparison = pd.read_csv(out / "comparison.csv")
