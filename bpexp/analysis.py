@@ -40,12 +40,18 @@ from bpexp.statistics import (  # noqa: F401  (the public API of bpexp.analysis)
     arm_label,
     best_runs,
     compare,
+    expected_best,
     factor_effects,
     label_arms,
     mean_std_ci,
     param_columns,
+    performance_profile,
+    performance_ratios,
+    profile_score,
     settings_varied,
     t_quantile,
+    tunability,
+    wins_ties_losses,
 )
 
 HISTORY_ARTIFACT = "history.parquet"

@@ -2,7 +2,8 @@
 
 The groups mirror the modules: ``network`` → :mod:`bpexp.network`, ``cost`` → :mod:`bpexp.cost`,
 ``optimizer`` → :mod:`bpexp.optimizer`, ``data`` → :mod:`bpexp.data`, ``trainer`` →
-:mod:`bpexp.trainer`, ``tracking`` → :mod:`bpexp.tracking`; the ``optimizer`` and ``trainer``
+:mod:`bpexp.trainer`, ``tracking`` → :mod:`bpexp.tracking`, ``workload`` →
+:mod:`bpexp.workload`; the ``optimizer`` and ``trainer``
 schemas are the core's own ``Optimizer`` and ``TrainerConfig``. Being structured configs, a
 wrong type or an unknown key fails at composition with a message naming the key; :func:`typed`
 then turns the composed config into these objects once, checking the values (ranges, allowed
@@ -22,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from bpexp.errors import ConfigError, bad_value
 from bpexp.optimizer import Optimizer
 from bpexp.trainer import TrainerConfig
+from bpexp.workload import WorkloadConfig
 
 _PACKAGE = Path(__file__).resolve().parent
 # A wheel ships conf/ and sweeps/ inside the package; a checkout (and an editable install)
@@ -74,6 +76,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    workload: WorkloadConfig = field(default_factory=WorkloadConfig)
     seed: int = 0
     force: bool = False  # true: rerun a job whose exact config already has a final run
 

@@ -34,6 +34,11 @@ DIRECTIONS = ("maximize", "minimize")
 # Per-epoch metrics every run logs: a yardstick must have a value at each epoch (time to target).
 YARDSTICKS = ("val/accuracy", "val/loss", "train/accuracy", "train/loss")
 TIE_BREAK = "val/loss"
+# A search key that is not a config key: the step per unit gradient in the long run
+# (bpexp.optimizer.effective_step). Searching it gives every arm the same grid of effective
+# steps; each arm's lr follows from its rule: step (1 - beta) for classical momentum and
+# Nesterov, the step itself otherwise.
+EFFECTIVE_STEP = "effective_step"
 SPACE_KEYS = {"low", "high", "points", "values", "log"}
 
 
@@ -322,7 +327,8 @@ def final_table(protocol: Protocol, confirmed: pd.DataFrame) -> pd.DataFrame:
         per_seed[arm] = values
         mean, std, half = mean_std_ci(values.to_numpy())
         row = {"arm": arm}
-        row |= {k: group.iloc[0][k] for k in protocol.keys if k in group.columns}
+        shown = [*protocol.keys, *(["optimizer.lr"] if EFFECTIVE_STEP in protocol.keys else [])]
+        row |= {k: group.iloc[0][k] for k in shown if k in group.columns}
         row["effective_step"] = group.iloc[0].get("effective_step", math.nan)
         row |= {"seeds": len(values), "mean": mean, "std": std, "ci95": half}
         for unit in ("epochs", "steps"):
@@ -351,9 +357,38 @@ def final_table(protocol: Protocol, confirmed: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def lr_for_step(step: float, values: Mapping[str, object]) -> float:
+    """The ``optimizer.lr`` that gives an arm (``optimizer.*`` values) the effective step
+    ``step``, to 3 significant digits (the grid's own precision)."""
+    per_unit = effective_step(
+        str(values["optimizer.name"]),
+        str(values.get("optimizer.form", "classical")),
+        1.0,
+        float(values.get("optimizer.beta", 0.0)),
+    )
+    return _round(step / per_unit)
+
+
+def setting_overrides(
+    protocol: Protocol, setting: Mapping[str, float], arm_config: Mapping[str, object]
+) -> list[str]:
+    """The overrides that put an arm (``optimizer.*`` values) at ``setting``: each search key
+    as itself, but :data:`EFFECTIVE_STEP` as the arm's ``optimizer.lr``."""
+    out = []
+    for key in protocol.keys:
+        if key == EFFECTIVE_STEP:
+            lr = lr_for_step(setting[key], {**arm_config, **setting})
+            out.append(f"optimizer.lr={lr:g}")
+        else:
+            out.append(f"{key}={setting[key]:g}")
+    return out
+
+
 def arm_effective_step(setting: Mapping[str, object], arm_config: Mapping[str, object]) -> float:
     """The long-run step per unit gradient of an arm at a setting (see
     :func:`bpexp.optimizer.effective_step`); ``arm_config`` holds ``optimizer.*`` values."""
+    if EFFECTIVE_STEP in setting:
+        return float(setting[EFFECTIVE_STEP])
     values = {**arm_config, **setting}
     return effective_step(
         str(values["optimizer.name"]),

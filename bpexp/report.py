@@ -173,7 +173,8 @@ def protocol_display(protocol: proto.Protocol, table: pd.DataFrame) -> pd.DataFr
     """The final table as text: one row per arm, best first."""
     y = protocol.yardstick
     out = pd.DataFrame({"arm": table["arm"]})
-    for key in protocol.keys:
+    lr = ["optimizer.lr"] if proto.EFFECTIVE_STEP in protocol.keys else []
+    for key in [*protocol.keys, *lr]:
         if key in table.columns:
             out[f"chosen {key}"] = table[key].map(_format)
     out["effective step"] = table["effective_step"].map(_format)

@@ -356,3 +356,190 @@ def factor_effects(
             | {"seeds": len(shared)}
         )
     return pd.DataFrame(rows, columns=["effect", "within", "mean", "std", "ci95", "seeds"])
+
+
+# ------------------------------------------------------------------- across workloads
+
+
+def median_time(times: Sequence[float]) -> float:
+    """A workload's time for an arm: the median over its seeds, a miss counting as ∞, so the
+    workload is reached when more than half the seeds reach it (2 of 3, 2 of 2)."""
+    x = np.asarray(times, dtype=float)
+    return float(np.median(x)) if x.size else math.inf
+
+
+def performance_ratios(times: pd.DataFrame, time: str = "steps") -> pd.DataFrame:
+    """AlgoPerf's performance ratios. ``times``: one row per confirm run, columns
+    ``workload, arm, seed`` and ``time`` (steps or seconds to the target, ∞ for a miss).
+
+    Returns one row per workload and arm: ``t`` (:func:`median_time`) and ``ratio`` =
+    t / the best arm's t on that workload (1 for the best, ties included; ∞ for a miss, and
+    for every arm of a workload that no arm reaches).
+    """
+    t = times.groupby(["workload", "arm"], sort=False)[time].apply(median_time).rename("t")
+    t = t.reset_index()
+    best = t.groupby("workload", sort=False)["t"].transform("min")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.where(np.isfinite(best) & np.isfinite(t["t"]), t["t"] / best, math.inf)
+    return t.assign(ratio=ratio)
+
+
+def profile_score(ratios: Sequence[float], tau_max: float = 4.0) -> float:
+    """The area under the performance profile ρ(τ) over τ ∈ [1, ``tau_max``], divided by
+    ``tau_max`` - 1: ρ is a step function, so each workload adds (τ_max − r)/(τ_max − 1) when
+    its ratio r ≤ τ_max, and 0 otherwise, averaged over workloads."""
+    r = np.asarray(ratios, dtype=float)
+    return float(np.mean(np.clip((tau_max - r) / (tau_max - 1.0), 0.0, 1.0)))
+
+
+def performance_profile(
+    times: pd.DataFrame,
+    time: str = "steps",
+    *,
+    taus: Sequence[float] | None = None,
+    tau_max: float = 4.0,
+    bootstrap: int = 1000,
+    seed: int = 0,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Performance profiles across workloads (AlgoPerf). ``times`` as for
+    :func:`performance_ratios`.
+
+    Returns ``(curve, scores)``: ``curve`` has one row per τ (index, ``taus`` or 301 points
+    from 1 to ``tau_max``) and one column per arm, ρ_arm(τ) = the fraction of workloads whose
+    ratio is ≤ τ; ``scores`` one row per arm, best first: ``score`` (:func:`profile_score`),
+    ``low`` and ``high``, the 2.5% and 97.5% quantiles of the score over ``bootstrap``
+    resamplings of each workload and arm's seeds (with replacement), and ``reached``, the
+    workloads with a finite time.
+    """
+    ratios = performance_ratios(times, time)
+    arms = list(dict.fromkeys(ratios["arm"]))
+    taus = np.linspace(1.0, tau_max, 301) if taus is None else np.asarray(taus, dtype=float)
+    by_arm = {a: ratios.loc[ratios["arm"] == a, "ratio"].to_numpy() for a in arms}
+    curve = pd.DataFrame(
+        {a: [(by_arm[a] <= tau).mean() for tau in taus] for a in arms}, index=pd.Index(taus)
+    )
+    curve.index.name = "tau"
+    rng = np.random.default_rng(seed)
+    groups = [(key, g[time].to_numpy()) for key, g in times.groupby(["workload", "arm"])]
+    draws = {a: [] for a in arms}
+    for _ in range(bootstrap):
+        resampled = pd.DataFrame(
+            [
+                {"workload": w, "arm": a, time: median_time(rng.choice(x, size=x.size))}
+                for (w, a), x in groups
+            ]
+        )
+        again = performance_ratios(resampled, time)
+        for a in arms:
+            draws[a].append(profile_score(again.loc[again["arm"] == a, "ratio"], tau_max))
+    scores = pd.DataFrame(
+        {
+            "arm": arms,
+            "score": [profile_score(by_arm[a], tau_max) for a in arms],
+            "low": [np.quantile(draws[a], 0.025) if bootstrap else math.nan for a in arms],
+            "high": [np.quantile(draws[a], 0.975) if bootstrap else math.nan for a in arms],
+            "reached": [int(np.isfinite(by_arm[a]).sum()) for a in arms],
+            "workloads": [len(by_arm[a]) for a in arms],
+        }
+    )
+    scores = scores.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
+    return curve, scores
+
+
+def expected_best(values: Sequence[float], k: int) -> float:
+    """The expected best of ``k`` draws with replacement from ``values`` (Sivaprasad et al.):
+    Σ_v v (F(v)^k − F(v⁻)^k) over the distinct values v, F the empirical CDF."""
+    x = np.sort(np.asarray(values, dtype=float))
+    distinct = np.unique(x)
+    below = np.searchsorted(x, distinct, side="left") / x.size  # F(v-)
+    upto = np.searchsorted(x, distinct, side="right") / x.size  # F(v)
+    return float(np.sum(distinct * (upto**k - below**k)))
+
+
+def tunability(tune: pd.DataFrame, metric: str = "val/accuracy") -> tuple[pd.DataFrame, ...]:
+    """How much tuning an arm needs on each workload (Sivaprasad et al. 2020).
+
+    ``tune``: the tuning runs, columns ``workload, arm, setting`` (or ``optimizer.lr``),
+    ``outcome`` and ``metric`` (higher is better). A setting's outcome is its mean over the
+    tuning seeds; a run that did not complete counts as 0. A draw is one setting picked at
+    random from the arm's tuned settings (with a grid, random search over the grid's points).
+
+    Returns ``(curves, summary, relative)``: ``curves`` one row per workload, arm and k = 1..K
+    with ``expected_best`` (:func:`expected_best`); ``summary`` per workload and arm:
+    ``one_shot`` (k = 1), ``peak`` (k = K) and ``early_weighted`` (weights K − k + 1, so the
+    first draws count most); ``relative`` per arm and k: the mean over workloads of
+    expected_best / the best arm's peak on that workload.
+    """
+    frame = tune.copy()
+    setting = "setting" if "setting" in frame.columns else "optimizer.lr"
+    frame["_value"] = frame[metric].astype(float).where(frame["outcome"] == "completed", 0.0)
+    frame["_value"] = frame["_value"].fillna(0.0)
+    means = frame.groupby(["workload", "arm", setting], sort=False)["_value"].mean()
+    curves, summary = [], []
+    for (workload, arm), values in means.groupby(level=[0, 1], sort=False):
+        values = values.to_numpy()
+        ks = np.arange(1, values.size + 1)
+        best = [expected_best(values, int(k)) for k in ks]
+        curves += [
+            {"workload": workload, "arm": arm, "k": int(k), "expected_best": b}
+            for k, b in zip(ks, best, strict=True)
+        ]
+        weights = (values.size - ks + 1) / np.sum(ks)
+        summary.append(
+            {
+                "workload": workload,
+                "arm": arm,
+                "one_shot": best[0],
+                "peak": best[-1],
+                "early_weighted": float(np.sum(weights * np.asarray(best))),
+                "settings": int(values.size),
+            }
+        )
+    curves, summary = pd.DataFrame(curves), pd.DataFrame(summary)
+    peak = summary.groupby("workload")["peak"].max()
+    rel = curves.assign(relative=curves["expected_best"] / curves["workload"].map(peak))
+    relative = rel.groupby(["arm", "k"], sort=False)["relative"].mean().reset_index()
+    return curves, summary, relative
+
+
+def wins_ties_losses(
+    confirm: pd.DataFrame, metric: str = "val/accuracy", seed: str = "seed"
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Pairs of arms across workloads: ``confirm`` has ``workload, arm, seed, outcome`` and
+    ``metric`` (higher is better). For each workload and ordered pair (a, b), the paired
+    difference a − b over the seeds both completed, with its 95% CI: a win for a when the CI
+    lies above 0, a loss when below, else a tie.
+
+    Returns ``(pairs, counts)``: ``pairs`` one row per workload and pair (``mean, ci95,
+    seeds, verdict``); ``counts`` one row per pair: ``wins, ties, losses``.
+    """
+    done = confirm[confirm["outcome"] == "completed"]
+    arms = list(dict.fromkeys(confirm["arm"]))
+    rows = []
+    for workload, group in done.groupby("workload", sort=False):
+        values = group.pivot_table(index=seed, columns="arm", values=metric)
+        for a in arms:
+            for b in arms:
+                if a == b or a not in values or b not in values:
+                    continue
+                diff = (values[a] - values[b]).dropna()
+                mean, _, half = mean_std_ci(diff.to_numpy())
+                verdict = "tie"
+                if half == half and mean - half > 0:
+                    verdict = "win"
+                elif half == half and mean + half < 0:
+                    verdict = "loss"
+                rows.append(
+                    {"workload": workload, "a": a, "b": b, "mean": mean, "ci95": half}
+                    | {"seeds": len(diff), "verdict": verdict}
+                )
+    pairs = pd.DataFrame(rows, columns=["workload", "a", "b", "mean", "ci95", "seeds", "verdict"])
+    counts = (
+        pairs.groupby(["a", "b"], sort=False)["verdict"]
+        .value_counts()
+        .unstack(fill_value=0)
+        .reindex(columns=["win", "tie", "loss"], fill_value=0)
+        .rename(columns={"win": "wins", "tie": "ties", "loss": "losses"})
+        .reset_index()
+    )
+    return pairs, counts

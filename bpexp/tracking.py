@@ -211,7 +211,8 @@ def ensure_experiment(client: MlflowClient, name: str) -> str:
 
 
 # Settings that do not change what a run computes, left out of its config hash.
-NOT_IN_HASH = ("tracking.", "force", "data.url", "data.cache_dir")
+# A workload's target is where a run is judged, not what it computes (bpexp.workload).
+NOT_IN_HASH = ("tracking.", "force", "data.url", "data.cache_dir", "workload.target")
 
 
 def config_hash(flat_config: dict[str, object]) -> str:

@@ -402,3 +402,101 @@ def test_factor_effects_match_a_hand_computation():
     assert list(overall["within"]) == ["all"] and overall.loc[0, "seeds"] == 3
     with pytest.raises(ValueError, match="need exactly 2"):
         analysis.factor_effects(frame, "seed")
+
+
+def _times() -> pd.DataFrame:
+    inf = np.inf
+    cells = {
+        ("A", "x"): [10, 10, 10],
+        ("A", "y"): [20, 20, inf],  # 2 of 3 seeds reach: median 20
+        ("B", "x"): [inf, inf, 5],  # 1 of 3: missed
+        ("B", "y"): [8, 8, 8],
+        ("C", "x"): [inf, inf, inf],  # no arm reaches C
+        ("C", "y"): [inf, inf, 1],
+        ("D", "x"): [4, 4, 4],  # a tie
+        ("D", "y"): [4, 4, 4],
+    }
+    rows = [
+        {"workload": w, "arm": a, "seed": s, "steps": t}
+        for (w, a), times in cells.items()
+        for s, t in enumerate(times)
+    ]
+    return pd.DataFrame(rows)
+
+
+def test_performance_ratios_and_profile_match_a_hand_computation():
+    ratios = analysis.performance_ratios(_times()).set_index(["workload", "arm"])["ratio"]
+    assert ratios[("A", "x")] == 1 and ratios[("A", "y")] == 2
+    assert ratios[("B", "x")] == np.inf and ratios[("B", "y")] == 1
+    assert ratios[("C", "x")] == np.inf and ratios[("C", "y")] == np.inf
+    assert ratios[("D", "x")] == 1 and ratios[("D", "y")] == 1
+    curve, scores = analysis.performance_profile(_times(), taus=[1, 1.5, 2, 4], bootstrap=200)
+    assert curve["x"].tolist() == [0.5, 0.5, 0.5, 0.5]
+    assert curve["y"].tolist() == [0.5, 0.5, 0.75, 0.75]
+    by_arm = scores.set_index("arm")
+    # x: (4-1)/3 on A and D, 0 on B and C; y: (4-2)/3 on A, 1 on B and D, 0 on C.
+    assert by_arm.loc["x", "score"] == pytest.approx(0.5)
+    assert by_arm.loc["y", "score"] == pytest.approx((2 / 3 + 1 + 0 + 1) / 4)
+    assert list(scores["arm"]) == ["y", "x"] and list(by_arm["reached"]) == [3, 2]
+    assert (scores["low"] <= scores["score"] + 1e-12).all()
+    assert (scores["high"] >= scores["score"] - 1e-12).all()
+    # Seeds that all agree leave nothing to resample: the interval is the score itself.
+    same = _times()
+    same = same[same["workload"].isin(["B", "D"]) & same["arm"].eq("y")]
+    _, one = analysis.performance_profile(same, bootstrap=50)
+    assert one.loc[0, "low"] == one.loc[0, "high"] == one.loc[0, "score"] == 1.0
+
+
+def test_expected_best_of_k_draws_matches_enumeration():
+    from itertools import product
+
+    for values in ([0.1, 0.5, 0.9], [0.5, 0.5, 1.0], [0.3]):
+        for k in (1, 2, 3):
+            draws = list(product(values, repeat=k))
+            brute = sum(max(d) for d in draws) / len(draws)
+            assert analysis.expected_best(values, k) == pytest.approx(brute)
+    assert analysis.expected_best([0.5, 0.5, 1.0], 2) == pytest.approx(7 / 9)
+
+
+def test_tunability_summaries_from_the_tuning_outcomes():
+    rows = []
+    for arm, values in (("x", [0.1, 0.5, 0.9]), ("y", [0.5, np.nan, 1.0])):
+        for setting, v in enumerate(values):
+            outcome = "diverged" if np.isnan(v) else "completed"
+            for seed in (0, 1):  # two tuning seeds: a setting's outcome is their mean
+                rows.append(
+                    {"workload": "W", "arm": arm, "setting": setting, "seed": seed}
+                    | {"outcome": outcome, "val/accuracy": v}
+                )
+    curves, summary, relative = analysis.tunability(pd.DataFrame(rows))
+    s = summary.set_index("arm")
+    y = [0.5, 0.0, 1.0]  # the diverged setting counts as 0
+    assert s.loc["x", "one_shot"] == pytest.approx(0.5)
+    assert s.loc["y", "one_shot"] == pytest.approx(np.mean(y))
+    assert s.loc["y", "peak"] == pytest.approx(analysis.expected_best(y, 3))
+    weights = np.array([3, 2, 1]) / 6
+    expected = [analysis.expected_best(y, k) for k in (1, 2, 3)]
+    assert s.loc["y", "early_weighted"] == pytest.approx(float(weights @ expected))
+    assert len(curves) == 6 and set(curves["k"]) == {1, 2, 3}
+    best_peak = max(s["peak"])
+    rel = relative.set_index(["arm", "k"])["relative"]
+    assert rel[("x", 1)] == pytest.approx(0.5 / best_peak)
+
+
+def test_wins_ties_and_losses_per_pair_of_arms():
+    rows = []
+    data = {"W1": {"x": [0.9, 0.91, 0.92], "y": [0.8, 0.81, 0.8]}}
+    data["W2"] = {"x": [0.9, 0.7, 0.8], "y": [0.8, 0.85, 0.75]}
+    for workload, arms in data.items():
+        for arm, values in arms.items():
+            for seed, v in enumerate(values):
+                rows.append(
+                    {"workload": workload, "arm": arm, "seed": seed, "outcome": "completed"}
+                    | {"val/accuracy": v}
+                )
+    pairs, counts = analysis.wins_ties_losses(pd.DataFrame(rows))
+    verdict = pairs.set_index(["workload", "a", "b"])["verdict"]
+    assert verdict[("W1", "x", "y")] == "win" and verdict[("W1", "y", "x")] == "loss"
+    assert verdict[("W2", "x", "y")] == "tie"
+    c = counts.set_index(["a", "b"])
+    assert c.loc[("x", "y")].tolist() == [1, 1, 0] and c.loc[("y", "x")].tolist() == [0, 1, 1]

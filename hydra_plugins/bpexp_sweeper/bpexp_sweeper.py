@@ -139,7 +139,8 @@ class BpexpSweeper(Sweeper):
             settings = OmegaConf.to_container(self.protocol_settings, resolve=True)
             protocol = proto.parse(settings)
             protocol, fixed, arms = self._arms(protocol, arguments)
-            arm_configs = self._check_arms(protocol, fixed, arms)
+            arm_configs, workloads = self._check_arms(protocol, fixed, arms)
+            self._arm_configs = arm_configs
         except ConfigError as exc:
             _stop(str(exc))
         folder = Path(str(self.config.hydra.sweep.dir)) / "protocol"
@@ -151,6 +152,8 @@ class BpexpSweeper(Sweeper):
             "fixed": fixed,
             "runs_per_arm": {"tune": protocol.budget * len(protocol.tune_seeds)},
         }
+        if any(w["name"] for w in workloads.values()):
+            plan["workloads"] = workloads  # each arm's workload and its target
         (folder / "protocol.json").write_text(json.dumps(plan, indent=2))
         n = len(arms)
         print(
@@ -176,13 +179,18 @@ class BpexpSweeper(Sweeper):
             proto.arm_effective_step({k: row[k] for k in protocol.keys}, arm_configs[row["arm"]])
             for _, row in chosen.iterrows()
         ]
+        if proto.EFFECTIVE_STEP in protocol.keys:  # the lr each arm's step is
+            chosen["optimizer.lr"] = [
+                proto.lr_for_step(row[proto.EFFECTIVE_STEP], {**arm_configs[row["arm"]], **row})
+                for row in chosen.to_dict("records")
+            ]
         chosen.to_csv(folder / "chosen.csv", index=False)
         confirm_jobs = [
             Job(
                 arm,
                 -1,
                 seed,
-                [*fixed, *arms[arm], *self._setting(protocol, row), f"seed={seed}"],
+                [*fixed, *arms[arm], *self._setting(protocol, row, arm), f"seed={seed}"],
                 "confirm",
             )
             for arm, row in zip(chosen["arm"], chosen.to_dict("records"), strict=True)
@@ -197,7 +205,8 @@ class BpexpSweeper(Sweeper):
                 for job, row in zip(confirm_jobs, results, strict=True)
             ]
         )
-        confirmed = confirmed.merge(chosen[["arm", *protocol.keys, "effective_step"]], on="arm")
+        shown = [c for c in chosen.columns if c not in ("setting", "score", "seeds")]
+        confirmed = confirmed.merge(chosen[shown], on="arm")
         table = proto.final_table(protocol, confirmed)
         table.insert(1, "yardstick", protocol.yardstick)
         table.to_csv(folder / "final_table.csv", index=False)
@@ -279,11 +288,14 @@ class BpexpSweeper(Sweeper):
     def _check_arms(self, protocol, fixed, arms) -> dict[str, dict]:
         """Compose one config per arm before anything runs: unknown keys and options fail
         here; search keys must exist; a yardstick must be logged; losses of different costs
-        must not rank arms. Returns each arm's ``optimizer.*`` values."""
+        must not rank arms. Returns each arm's ``optimizer.*`` values and its workload (name
+        and target)."""
         loader = self.hydra_context.config_loader
-        costs, out = {}, {}
+        costs, out, workloads = {}, {}, {}
         for arm, overrides in arms.items():
-            first = [f"{s.key}={s.values[0]}" for s in protocol.search]
+            first = [
+                f"{s.key}={s.values[0]}" for s in protocol.search if s.key != proto.EFFECTIVE_STEP
+            ]
             try:
                 cfg = loader.load_sweep_config(
                     self.config, [*fixed, *overrides, *first, f"seed={protocol.tune_seeds[0]}"]
@@ -295,10 +307,11 @@ class BpexpSweeper(Sweeper):
             flat = pd.json_normalize(OmegaConf.to_container(job, resolve=True), sep=".")
             flat = flat.iloc[0].to_dict()
             for space in protocol.search:
-                if space.key not in flat:
+                if space.key not in flat and space.key != proto.EFFECTIVE_STEP:
                     raise ConfigError(
                         f"{proto.KEY}.search.{space.key}: {space.key!r} is not a config key; "
-                        "search keys are keys such as optimizer.lr, optimizer.beta"
+                        "search keys are keys such as optimizer.lr, optimizer.beta, or "
+                        f"{proto.EFFECTIVE_STEP} (the lr follows per arm)"
                     )
             if protocol.yardstick.startswith("val/") and not flat.get("data.val_fraction", 0) > 0:
                 raise ConfigError(
@@ -308,17 +321,20 @@ class BpexpSweeper(Sweeper):
                 )
             costs[arm] = flat["cost.name"]
             out[arm] = {k: v for k, v in flat.items() if k.startswith("optimizer.")}
+            workloads[arm] = {
+                "name": flat.get("workload.name"),
+                "target": flat.get("workload.target"),
+            }
         if protocol.yardstick.endswith("/loss") and len(set(costs.values())) > 1:
             raise ConfigError(
                 f"{proto.KEY}.yardstick={protocol.yardstick!r} would rank arms with different "
                 f"costs ({', '.join(sorted(set(costs.values())))}) by their losses, which are "
                 "different quantities; use val/accuracy"
             )
-        return out
+        return out, workloads
 
-    @staticmethod
-    def _setting(protocol, values: dict) -> list[str]:
-        return [f"{key}={values[key]:g}" for key in protocol.keys]
+    def _setting(self, protocol, values: dict, arm: str) -> list[str]:
+        return proto.setting_overrides(protocol, values, self._arm_configs[arm])
 
     # -------------------------------------------------------------------------- stages
 
@@ -350,7 +366,7 @@ class BpexpSweeper(Sweeper):
                 arm,
                 i,
                 seed,
-                [*fixed, *overrides, *self._setting(protocol, s), f"seed={seed}"],
+                [*fixed, *overrides, *self._setting(protocol, s, arm), f"seed={seed}"],
                 "tune",
             )
             for arm, overrides in arms.items()
@@ -403,7 +419,7 @@ class BpexpSweeper(Sweeper):
                         arm,
                         round_,
                         s,
-                        [*fixed, *overrides, *self._setting(protocol, setting), f"seed={s}"],
+                        [*fixed, *overrides, *self._setting(protocol, setting, arm), f"seed={s}"],
                         "tune",
                     )
                     for s in protocol.tune_seeds
