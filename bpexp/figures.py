@@ -52,6 +52,12 @@ class Context:
     answering: list[str]
     arms: list[str]
     protocol: object | None = None  # bpexp.protocol.Protocol
+    plan: dict = field(default_factory=dict)  # the sweeper's protocol.json
+
+    @property
+    def benchmark(self) -> bool:
+        """A sweep across workloads (sweep=benchmark): its page is the benchmark's answer."""
+        return bool(self.plan.get("workloads"))
 
     @property
     def tuning(self) -> pd.DataFrame:
@@ -110,7 +116,9 @@ def _panels(n: int, width: float = 3.6, height: float = 3.0) -> tuple[Figure, li
 # ------------------------------------------------------------------- every sweep's figures
 
 
-@section(lambda ctx: "optimizer.lr" in ctx.runs.columns and len(ctx.tuning) > 0)
+@section(
+    lambda ctx: "optimizer.lr" in ctx.runs.columns and len(ctx.tuning) > 0 and not ctx.benchmark
+)
 def lr_sensitivity(ctx: Context) -> list[Section]:
     """Final yardstick against the learning rate and, for a protocol, against the effective
     step; with more arms than a panel holds, one small panel per arm against the lr."""
@@ -178,7 +186,7 @@ def _who(ctx: Context) -> str:
     return "confirm runs" if ctx.protocol is not None else "each arm at its best setting"
 
 
-@section(lambda ctx: len(ctx.answering) > 0)
+@section(lambda ctx: len(ctx.answering) > 0 and not ctx.benchmark)
 def yardstick_curves(ctx: Context) -> list[Section]:
     target = getattr(ctx.protocol, "target", None)
     title = f"{ctx.metric} per epoch ({_who(ctx)})"
@@ -186,7 +194,7 @@ def yardstick_curves(ctx: Context) -> list[Section]:
     return [Section(title, "yardstick_curves.png", fig)]
 
 
-@section(lambda ctx: len(ctx.answering) > 0)
+@section(lambda ctx: len(ctx.answering) > 0 and not ctx.benchmark)
 def loss_curves(ctx: Context) -> list[Section]:
     title = f"Loss per epoch ({_who(ctx)})"
     fig = curves_figure(
@@ -608,3 +616,291 @@ SWEEP_FIGURES: dict[str, Callable[[pd.DataFrame, pd.DataFrame], list[Section]]] 
 # A named sweep's own figures come after every sweep's, in the order above.
 for _name, _draw in SWEEP_FIGURES.items():
     section(for_sweep(_name), _name)(lambda ctx, draw=_draw: draw(ctx.runs, ctx.history))
+
+
+# ---------------------------------------------------------------------- benchmark (sweeps)
+
+TARGET_MARGIN = 0.01  # a proposed target: the best arm's median best val/accuracy minus this
+
+
+@dataclass
+class Benchmark:
+    """A benchmark sweep's answer, from its confirm and tuning runs (see :func:`benchmark`)."""
+
+    times: pd.DataFrame  # one row per confirm run: workload, arm, seed, steps, seconds
+    targets: pd.DataFrame  # per workload: target, fixed (in its config) or proposed
+    curve_steps: pd.DataFrame
+    scores_steps: pd.DataFrame
+    curve_seconds: pd.DataFrame
+    scores_seconds: pd.DataFrame
+    tunability: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]
+    pairs: pd.DataFrame
+    counts: pd.DataFrame
+    sentence: str
+
+
+def _split_arms(ctx: Context) -> pd.DataFrame:
+    """The runs with ``workload`` (its name) and ``optimizer`` (the rest of the arm's label)."""
+    from bpexp.jobs import arm_label
+
+    arms = ctx.plan["arms"]
+    rest = {a: arm_label([o for o in arms[a] if not o.startswith("workload=")]) for a in arms}
+    runs = ctx.runs.copy()
+    runs["workload"] = runs["arm"].map(lambda a: ctx.plan["workloads"][a]["name"])
+    runs["optimizer"] = runs["arm"].map(rest)
+    return runs
+
+
+def _first_epoch(history: pd.DataFrame, run_id: str, metric: str, target: float) -> float:
+    rows = history[(history["run_id"] == run_id) & (history["metric"] == metric)]
+    hit = rows.loc[rows["value"] >= target, "step"]
+    return float(hit.min()) if len(hit) else math.inf
+
+
+def benchmark(ctx: Context) -> Benchmark:
+    """Time to target (steps and seconds), profiles, tunability and pairwise verdicts.
+
+    A workload's target is the one fixed in its config (``workload.target``); where it is
+    null, the report proposes one: the best optimizer's (by mean final val/accuracy) median
+    over its confirm seeds of the best val/accuracy over epochs (the lower median, so that its
+    median time is finite), minus :data:`TARGET_MARGIN`, rounded down to 0.001. A run's steps
+    to target: the first epoch whose val/accuracy reaches it times the steps an epoch;
+    seconds: the run's wall time times that epoch / its epochs.
+    """
+    if getattr(ctx, "_benchmark", None) is not None:
+        return ctx._benchmark
+    from bpexp import statistics as st
+
+    runs = _split_arms(ctx)
+    metric = ctx.metric
+    confirm = runs[runs["stage"] == "confirm"]
+    tune = runs[runs["stage"] == "tune"]
+    targets = []
+    for workload, group in confirm.groupby("workload", sort=False):
+        fixed = ctx.plan["workloads"][group["arm"].iloc[0]]["target"]
+        if fixed is not None:
+            targets.append({"workload": workload, "target": float(fixed), "fixed": True})
+            continue
+        best_arm = group.groupby("optimizer")[metric].mean().idxmax()
+        ids = group.loc[group["optimizer"] == best_arm, "run_id"]
+        peaks = [
+            ctx.history.loc[
+                (ctx.history["run_id"] == r) & (ctx.history["metric"] == metric), "value"
+            ].max()
+            for r in ids
+        ]
+        # The lower median: the best optimizer's median time to it is finite.
+        peak = float(np.quantile(peaks, 0.5, method="lower"))
+        target = math.floor((peak - TARGET_MARGIN) * 1000) / 1000
+        targets.append({"workload": workload, "target": target, "fixed": False})
+    targets = pd.DataFrame(targets)
+    target_of = targets.set_index("workload")["target"]
+    rows = []
+    for run in confirm.to_dict("records"):
+        epoch = _first_epoch(ctx.history, run["run_id"], metric, target_of[run["workload"]])
+        batch = run.get("trainer.batch_size")
+        n_train = float(run.get("data.n_train", math.nan))
+        per_epoch = math.ceil(n_train / (batch if batch and batch == batch else n_train))
+        epochs = max(int(run.get("trainer.epochs", 1)), 1)
+        wall = (run["end_time"] - run["start_time"]).total_seconds()
+        done = run["outcome"] == "completed"
+        rows.append(
+            {
+                "workload": run["workload"],
+                "arm": run["optimizer"],
+                "seed": run["seed"],
+                "steps": epoch * per_epoch if done and math.isfinite(epoch) else math.inf,
+                "seconds": wall * epoch / epochs if done and math.isfinite(epoch) else math.inf,
+            }
+        )
+    times = pd.DataFrame(rows)
+    curve_steps, scores_steps = st.performance_profile(times, "steps")
+    curve_seconds, scores_seconds = st.performance_profile(times, "seconds")
+    tuned = tune.rename(columns={"optimizer": "_opt"}).assign(arm=tune["optimizer"])
+    tunability = st.tunability(tuned, metric)
+    results = confirm.assign(arm=confirm["optimizer"])
+    pairs, counts = st.wins_ties_losses(results, metric)
+    ctx._benchmark = Benchmark(
+        times,
+        targets,
+        curve_steps,
+        scores_steps,
+        curve_seconds,
+        scores_seconds,
+        tunability,
+        pairs,
+        counts,
+        _sentence(pairs, scores_steps, targets),
+    )
+    return ctx._benchmark
+
+
+def _sentence(pairs: pd.DataFrame, scores: pd.DataFrame, targets: pd.DataFrame) -> str:
+    """One answer a reader can quote: who leads the profile, and per pair where the paired CI
+    separates them."""
+    n = len(targets)
+    best = scores.iloc[0]
+    parts = [
+        f"Across {n} workloads, {best['arm']} has the best performance-profile score "
+        f"({best['score']:.2f}, 95% bootstrap interval {best['low']:.2f}–{best['high']:.2f},"
+        f" reaching {best['reached']} of {n} targets)"
+    ]
+    seen = set()
+    for (a, b), group in pairs.groupby(["a", "b"], sort=False):
+        if (b, a) in seen:
+            continue
+        seen.add((a, b))
+        wins = list(group.loc[group["verdict"] == "win", "workload"])
+        losses = list(group.loc[group["verdict"] == "loss", "workload"])
+        ties = len(group) - len(wins) - len(losses)
+        text = f"{a} vs {b}: indistinguishable on {ties} of {len(group)}"
+        if wins:
+            text += f", {a} ahead on {', '.join(wins)}"
+        if losses:
+            text += f", {b} ahead on {', '.join(losses)}"
+        parts.append(text)
+    return "; ".join(parts) + " (paired 95% CI of the final val/accuracy over confirm seeds)."
+
+
+def _profile_panel(ax, curve: pd.DataFrame, scores: pd.DataFrame, unit: str) -> None:
+    colors = plots.arm_colors(curve.columns)
+    score = scores.set_index("arm")["score"]
+    for arm in curve.columns:
+        ax.step(
+            curve.index,
+            curve[arm],
+            where="post",
+            color=colors[arm],
+            label=f"{arm} (score {score[arm]:.2f})",
+        )
+    ax.set_xlabel(f"τ: ratio to the fastest arm's {unit} to target")
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_xlim(1, curve.index.max())
+
+
+@section(lambda ctx: ctx.benchmark, "benchmark")
+def benchmark_sections(ctx: Context) -> list[Section]:
+    b = benchmark(ctx)
+    fig = plots.new_figure(11, 4.2)
+    left, right = fig.subplots(1, 2, sharey=True)
+    _profile_panel(left, b.curve_steps, b.scores_steps, "steps")
+    _profile_panel(right, b.curve_seconds, b.scores_seconds, "seconds")
+    left.set_ylabel("ρ(τ): fraction of workloads")
+    left.set_title("optimizer steps")
+    right.set_title("wall-clock seconds")
+    handles, labels = left.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=len(labels), fontsize="small")
+    fig.suptitle("Performance profiles: the fraction of workloads reached within τ × the best")
+    scores = b.scores_steps.merge(b.scores_seconds, on="arm", suffixes=("", "_s"))
+    text = [
+        f"**{b.sentence}**",
+        "",
+        "| optimizer | score, steps [95% bootstrap] | score, seconds [95% bootstrap] |"
+        " targets reached |",
+        "|---|---|---|---|",
+        *[
+            f"| {r['arm']} | {r['score']:.3f} [{r['low']:.3f}, {r['high']:.3f}] |"
+            f" {r['score_s']:.3f} [{r['low_s']:.3f}, {r['high_s']:.3f}] |"
+            f" {r['reached']}/{r['workloads']} |"
+            for r in scores.to_dict("records")
+        ],
+        "",
+        "Score: the area under ρ(τ) for τ from 1 to 4, divided by 3 (1: fastest everywhere)."
+        " A workload counts as reached when the median over its confirm seeds is finite"
+        " (more than half the seeds reach the target); a miss counts as ∞.",
+        "",
+        "| workload | target | source |"
+        + "".join(f" {a}: median steps |" for a in b.curve_steps.columns),
+        "|---|---|---|" + "---|" * len(b.curve_steps.columns),
+    ]
+    medians = b.times.groupby(["workload", "arm"])["steps"].median()
+    for t in b.targets.to_dict("records"):
+        cells = [medians.get((t["workload"], a), math.nan) for a in b.curve_steps.columns]
+        shown = " | ".join("∞" if not math.isfinite(c) else f"{c:.0f}" for c in cells)
+        source = "fixed in its config" if t["fixed"] else "proposed (not fixed yet)"
+        text.append(f"| {t['workload']} | {t['target']:.3f} | {source} | {shown} |")
+    text += [
+        "",
+        "Pairs: wins / ties / losses of the first optimizer over the second across"
+        " workloads (paired 95% CI of the final val/accuracy over the confirm seeds).",
+        "",
+        "| optimizer | vs | wins | ties | losses |",
+        "|---|---|---|---|---|",
+        *[
+            f"| {r['a']} | {r['b']} | {r['wins']} | {r['ties']} | {r['losses']} |"
+            for r in _each_pair_once(b.counts)
+        ],
+    ]
+    parts = [Section("The answer across workloads", "benchmark_profile.png", fig, text)]
+    parts.append(_tunability_section(b))
+    parts.append(_sensitivity_by_workload(ctx))
+    return parts
+
+
+def _each_pair_once(counts: pd.DataFrame) -> list[dict]:
+    seen, out = set(), []
+    for row in counts.to_dict("records"):
+        if (row["b"], row["a"]) not in seen:
+            seen.add((row["a"], row["b"]))
+            out.append(row)
+    return out
+
+
+def _tunability_section(b: Benchmark) -> Section:
+    curves, summary, relative = b.tunability
+    workloads = list(dict.fromkeys(curves["workload"]))
+    fig, axes = _panels(len(workloads) + 1, width=3.2, height=2.6)
+    arms = list(dict.fromkeys(curves["arm"]))
+    colors = plots.arm_colors(arms)
+    for ax, workload in zip(axes, workloads, strict=False):
+        for arm in arms:
+            rows = curves[(curves["workload"] == workload) & (curves["arm"] == arm)]
+            ax.plot(rows["k"], rows["expected_best"], marker=".", color=colors[arm], label=arm)
+        ax.set_title(workload, fontsize="small")
+    last = axes[-1]
+    for arm in arms:
+        rows = relative[relative["arm"] == arm]
+        last.plot(rows["k"], rows["relative"], marker=".", color=colors[arm], label=arm)
+    last.set_title("mean over workloads, / best peak", fontsize="small")
+    for ax in axes:
+        ax.set_xlabel("k settings drawn")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=len(labels), fontsize="small")
+    fig.suptitle("Tunability: expected best val/accuracy after k random draws of the tuned grid")
+    text = [
+        "A draw is one setting of the tuning grid picked at random (with replacement); the"
+        " expected best of k draws comes from each optimizer's tuning outcomes in closed form."
+        " One-shot: k = 1; peak: k = all the settings; early-weighted: weights K − k + 1.",
+        "",
+        "| workload | optimizer | one-shot | peak | early-weighted |",
+        "|---|---|---|---|---|",
+        *[
+            f"| {r['workload']} | {r['arm']} | {r['one_shot']:.3f} | {r['peak']:.3f} |"
+            f" {r['early_weighted']:.3f} |"
+            for r in summary.to_dict("records")
+        ],
+    ]
+    return Section("Tunability", "benchmark_tunability.png", fig, text)
+
+
+def _sensitivity_by_workload(ctx: Context) -> Section:
+    from bpexp.protocol import arm_effective_step
+
+    runs = _split_arms(ctx)
+    tune = runs[runs["stage"] == "tune"].copy()
+    tune["effective_step"] = [arm_effective_step({}, r) for r in tune.to_dict("records")]
+    tune["arm"] = tune["optimizer"]
+    workloads = list(dict.fromkeys(tune["workload"]))
+    fig, axes = _panels(len(workloads), width=3.2, height=2.6)
+    for ax, workload in zip(axes, workloads, strict=True):
+        plots.lr_sensitivity(
+            tune[tune["workload"] == workload], ax, metric=ctx.metric, lr="effective_step"
+        )
+        ax.get_legend().remove()
+        ax.set_title(workload, fontsize="small")
+        ax.set_xlabel("effective step")
+        ax.set_ylabel("")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=len(labels), fontsize="small")
+    fig.suptitle(f"Final {ctx.metric} of the tuning runs against the effective step searched")
+    return Section("Learning-rate sensitivity per workload", "benchmark_sensitivity.png", fig)

@@ -25,12 +25,13 @@ import argparse
 import base64
 import json
 import math
+import os
 import re
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -227,6 +228,7 @@ class Sweep:
     history: pd.DataFrame
     protocol: proto.Protocol | None
     final_table: pd.DataFrame | None  # the protocol's answer, as the sweeper wrote it
+    plan: dict = field(default_factory=dict)  # protocol.json: the arms, their workloads
 
 
 def safe_name(text: str) -> str:
@@ -249,18 +251,15 @@ def load(client: MlflowClient, parent: str, folder: Path | None = None) -> Sweep
         if not (folder / "summary.csv").exists():
             raise ValueError(f"parent run {parent} has no summary.csv: its sweep never ended")
         summary = pd.read_csv(folder / "summary.csv", dtype={"arm": str, "stage": str})
-        plan = folder / "protocol" / "protocol.json"
-        protocol = (
-            proto.Protocol.from_dict(json.loads(plan.read_text())["protocol"])
-            if plan.exists()
-            else None
-        )
+        plan_file = folder / "protocol" / "protocol.json"
+        plan = json.loads(plan_file.read_text()) if plan_file.exists() else {}
+        protocol = proto.Protocol.from_dict(plan["protocol"]) if plan else None
         table_file = folder / "protocol" / "final_table.csv"
         final = pd.read_csv(table_file, dtype={"arm": str}) if table_file.exists() else None
     summary = summary[summary["run_id"].notna() & (summary["run_id"] != "")]
     summary = summary.drop_duplicates("run_id")
     if summary.empty:  # untracked or invalid jobs only: nothing to read
-        return Sweep("", parent, [], pd.DataFrame(), pd.DataFrame(), protocol, final)
+        return Sweep("", parent, [], pd.DataFrame(), pd.DataFrame(), protocol, final, plan)
     runs = analysis.runs_by_id(client, list(summary["run_id"].astype(str)))
     decided = summary.set_index("run_id")[["arm", "stage"]].fillna("")
     runs["arm"] = runs["run_id"].map(decided["arm"]).fillna("all").replace("", "all")
@@ -275,7 +274,7 @@ def load(client: MlflowClient, parent: str, folder: Path | None = None) -> Sweep
     ]
     if "bpexp.sweep_dir" in run.data.tags:
         notes.append(f"sweep folder: `{run.data.tags['bpexp.sweep_dir']}`")
-    return Sweep(name, parent, notes, runs, history, protocol, final)
+    return Sweep(name, parent, notes, runs, history, protocol, final, plan)
 
 
 def _yardstick(runs: pd.DataFrame) -> str:
@@ -317,6 +316,7 @@ def answer(
             list(confirm["run_id"]),
             list(table["arm"]),
             protocol,
+            sweep.plan,
         )
         return ctx, table, protocol_display(protocol, table), lines
     metric = _yardstick(runs)
@@ -609,6 +609,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.add_argument("--log", action="store_true", help="log to the parent run")
     logging.add_argument("--no-log", action="store_true", help="do not log to the parent run")
     args = parser.parse_args(argv)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line a file
     try:
         client = analysis.client_for(args.tracking_uri)
         experiment_id = analysis.find_experiment(client, args.experiment)

@@ -420,18 +420,28 @@ def performance_profile(
     )
     curve.index.name = "tau"
     rng = np.random.default_rng(seed)
-    groups = [(key, g[time].to_numpy()) for key, g in times.groupby(["workload", "arm"])]
+    workloads = list(dict.fromkeys(ratios["workload"]))
+    cells = {
+        (w, a): g[time].to_numpy(dtype=float) for (w, a), g in times.groupby(["workload", "arm"])
+    }
     draws = {a: [] for a in arms}
     for _ in range(bootstrap):
-        resampled = pd.DataFrame(
+        t = np.array(
             [
-                {"workload": w, "arm": a, time: median_time(rng.choice(x, size=x.size))}
-                for (w, a), x in groups
+                [
+                    median_time(rng.choice(cells[w, a], size=cells[w, a].size))
+                    if (w, a) in cells
+                    else math.inf
+                    for a in arms
+                ]
+                for w in workloads
             ]
         )
-        again = performance_ratios(resampled, time)
-        for a in arms:
-            draws[a].append(profile_score(again.loc[again["arm"] == a, "ratio"], tau_max))
+        best = t.min(axis=1, keepdims=True)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ratio = np.where(np.isfinite(best) & np.isfinite(t), t / best, math.inf)
+        for j, a in enumerate(arms):
+            draws[a].append(profile_score(ratio[:, j], tau_max))
     scores = pd.DataFrame(
         {
             "arm": arms,
