@@ -12,6 +12,7 @@ names, incompatible pairs) before anything runs.
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -143,10 +144,28 @@ def check_options(overrides: Sequence[str]) -> None:
                 raise bad_value(group, value, f"{', '.join(options[group])} ({where})")
 
 
+_PASSWORD_IN_URI = re.compile(r"(://[^/@\s:]*:)([^/@\s]*)(@)")
+
+
+def check_no_password(args: Sequence[str]) -> None:
+    """Refuse a password written into an override (``tracking.uri=http://user:pw@host``):
+    Hydra echoes a sweep's overrides, and the config is logged as params. The message shows
+    the value with the password masked."""
+    for arg in args:
+        if _PASSWORD_IN_URI.search(arg):
+            shown = _PASSWORD_IN_URI.sub(r"\1***\3", arg)
+            raise ConfigError(
+                f"{shown}: a password in a URI would be printed and logged; pass the user "
+                "name and password in MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
+                "instead"
+            )
+
+
 def check_command_line(args: Sequence[str]) -> None:
-    """:func:`check_options` for ``python -m bpexp ARGS``: prints the error and exits with
-    code 2, before anything runs."""
+    """:func:`check_options` and :func:`check_no_password` for ``python -m bpexp ARGS``: prints
+    the error and exits with code 2, before anything runs."""
     try:
+        check_no_password(args)
         check_options(args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)

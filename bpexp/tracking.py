@@ -29,6 +29,7 @@ import tempfile
 import time
 import traceback
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -62,19 +63,38 @@ def tracking_uri(uri: str | None) -> str:
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
 
 
+def redact(uri: str) -> str:
+    """``uri`` with any password replaced by ``***``, for messages (never print a password)."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.password is None:
+        return uri
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
 def connect(uri: str, timeout: float = 10.0) -> MlflowClient:
-    """A client for ``uri``, checked to answer within ``timeout`` seconds.
+    """A client for ``uri``, checked to answer within ``timeout`` seconds and to take writes.
 
     An HTTP server is probed at ``/health`` first, so a server that is down or a wrong address
-    fails here with a clear message instead of hanging in the client's retries.
+    fails here with a clear message instead of hanging in the client's retries. A SQLite store
+    must be a database MLflow can open and write (a damaged file, a read-only file or folder
+    fail here, before training). Every error is a :class:`TrackingError` naming the store and
+    what to do; a password in the URI is refused and never printed.
     """
+    shown = redact(uri)
+    if urllib.parse.urlsplit(uri).password is not None:
+        raise TrackingError(
+            f"tracking.uri={shown!r} holds a password: pass the user name and password in "
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD instead (a URI is printed "
+            "and logged; the password would be too)"
+        )
     if uri.startswith(("http://", "https://")):
         try:
             with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as resp:
                 resp.read()
         except (urllib.error.URLError, OSError, ValueError) as exc:
             raise TrackingError(
-                f"tracking.uri={uri!r}: the MLflow server does not answer ({exc}). Start it "
+                f"tracking.uri={shown!r}: the MLflow server does not answer ({exc}). Start it "
                 "(mlflow server --host 127.0.0.1 --port PORT), fix tracking.uri / "
                 "MLFLOW_TRACKING_URI, or run with tracking.enabled=false"
             ) from exc
@@ -82,24 +102,72 @@ def connect(uri: str, timeout: float = 10.0) -> MlflowClient:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(max(timeout, 10))))
     elif uri.startswith("sqlite:///"):
-        folder = Path(uri.removeprefix("sqlite:///")).expanduser().resolve().parent
-        if not folder.is_dir():
-            raise TrackingError(f"tracking.uri={uri!r}: folder {str(folder)!r} does not exist")
+        path = Path(uri.removeprefix("sqlite:///")).expanduser().resolve()
+        if not path.parent.is_dir():
+            raise TrackingError(
+                f"tracking.uri={shown!r}: folder {str(path.parent)!r} does not exist"
+            )
+        check_sqlite_file(uri, path)
         create_sqlite_store(uri, timeout)
-    client = MlflowClient(tracking_uri=uri)
+        check_writable(uri, path)
     try:
+        client = MlflowClient(tracking_uri=uri)
         client.search_experiments(max_results=1)  # creates a fresh SQLite schema, once
     except Exception as exc:
         if getattr(exc, "error_code", None) == "UNAUTHENTICATED":
             given = "MLFLOW_TRACKING_USERNAME" in os.environ
             raise TrackingError(
-                f"tracking.uri={uri!r}: the MLflow server asks for a user name and password"
+                f"tracking.uri={shown!r}: the MLflow server asks for a user name and password"
                 + (" and refused those given" if given else "")
                 + ": set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD in the"
                 " environment of the command"
             ) from exc
-        raise TrackingError(f"tracking.uri={uri!r}: the store cannot be used: {exc}") from exc
+        raise TrackingError(
+            f"tracking.uri={shown!r}: the store cannot be used ({error_text(exc)}); check that "
+            "it is an MLflow store (mlflow db upgrade for an old one), or use another "
+            "tracking.uri"
+        ) from exc
     return client
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def check_sqlite_file(uri: str, path: Path) -> None:
+    """An existing, non-empty store file must be an SQLite database: MLflow would otherwise
+    fail deep inside SQLAlchemy ("file is not a database")."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(len(SQLITE_HEADER))
+    except FileNotFoundError:
+        return  # created below
+    except OSError as exc:
+        raise TrackingError(
+            f"tracking.uri={redact(uri)!r}: the store cannot be read ({exc.strerror}); make "
+            "it readable, or use another tracking.uri"
+        ) from exc
+    if head and head != SQLITE_HEADER:
+        raise TrackingError(
+            f"tracking.uri={redact(uri)!r}: {str(path)!r} is not an SQLite database (damaged, "
+            "or another kind of file); restore it from a backup, or move it aside and run "
+            "again to start a new store there"
+        )
+
+
+def check_writable(uri: str, path: Path) -> None:
+    """Runs write to the store: its file and its folder (SQLite's journal) must take writes.
+    Opening them for writing changes nothing; a read-only file system or a denied permission
+    fails here rather than at the first run's creation."""
+    try:
+        with open(path, "r+b"):
+            pass
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as exc:
+        raise TrackingError(
+            f"tracking.uri={redact(uri)!r}: the store cannot be written ({exc.strerror}); make "
+            f"{str(path)!r} and its folder writable, or use another tracking.uri"
+        ) from exc
 
 
 def create_sqlite_store(uri: str, timeout: float = 10.0) -> None:
@@ -121,7 +189,7 @@ def create_sqlite_store(uri: str, timeout: float = 10.0) -> None:
         lock = open(path.with_name(path.name + ".lock"), "a")  # closed by the with below
     except OSError as exc:
         raise TrackingError(
-            f"tracking.uri={uri!r}: cannot create the store in folder {str(path.parent)!r} "
+            f"tracking.uri={redact(uri)!r}: cannot create the store in folder {str(path.parent)!r} "
             f"({exc.strerror}); use a writable folder"
         ) from exc
     with lock:

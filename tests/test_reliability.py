@@ -432,3 +432,32 @@ def test_a_full_store_fails_its_runs_and_the_rerun_runs_them_again(tmp_path, tmp
     ]
     for run in done:
         assert points_in_store(client, run) == points_in_history(client, run, tmp_path / "dl2")
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "read-only"])
+@pytest.mark.parametrize("multirun", [False, True], ids=["run", "sweep"])
+def test_a_corrupt_or_read_only_store_is_a_clear_error_before_training(
+    tmp_path, tmpfs, damage, multirun
+):
+    """Issue 28, defect 5: an existing store that cannot be used stops the command with exit
+    code 2 and a message naming the store and what to do, before training, no traceback."""
+    folder = tmpfs(tmp_path / "store", size="4m")
+    db = folder / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    if damage == "corrupt":
+        db.write_bytes(os.urandom(100_000))
+    else:  # a store with a run in it, on a file system remounted read-only
+        seeded = run_cli(["trainer.epochs=1", f"tracking.uri={uri}"], tmp_path)
+        assert seeded.returncode == 0, seeded.stderr[-3000:]
+        subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+    args = ["-m", "seed=0,1"] if multirun else []
+    out = run_cli([*args, "trainer.epochs=1", f"tracking.uri={uri}"], tmp_path)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert f"error: tracking.uri={uri!r}" in out.stderr
+    expected = {
+        "corrupt": "is not an SQLite database",
+        "read-only": "cannot be written (Read-only file system)",
+    }[damage]
+    assert expected in out.stderr, out.stderr[-3000:]
+    assert "epoch" not in out.stdout  # nothing trained

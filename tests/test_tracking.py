@@ -490,3 +490,25 @@ def test_ctrl_c_during_any_write_of_a_run_closes_it_and_leaves_the_store_usable(
     assert logged == steps
     plain.set_tag(run.info.run_id, "after", "yes")  # not locked
     assert plain.get_run(run.info.run_id).data.tags["after"] == "yes"
+
+
+@pytest.mark.parametrize("how", ["override", "sweep", "untracked sweep", "environment"])
+def test_a_password_in_the_tracking_uri_is_refused_and_never_printed(tmp_path, how):
+    """Issue 28: `http://user:pw@host` failed as "Name or service not known" and printed the
+    password. It is refused before anything runs, naming the two variables to use instead; the
+    password appears nowhere in the output (and so in no param, tag or summary)."""
+    secret = "s3cret-pw-28"
+    uri = f"http://alice:{secret}@127.0.0.1:9/"
+    env = {}
+    if how == "environment":
+        args, env = ["trainer.epochs=1"], {"MLFLOW_TRACKING_URI": uri}
+    else:
+        args = (["-m", "seed=0,1"] if "sweep" in how else []) + [f"tracking.uri={uri}"]
+        args += ["tracking.enabled=false"] if how == "untracked sweep" else []
+    out = run_cli(args, tmp_path, **env)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert secret not in out.stdout + out.stderr
+    assert "http://alice:***@127.0.0.1:9/" in out.stderr
+    assert "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD" in out.stderr
+    assert "Traceback" not in out.stderr and "epoch" not in out.stdout
+    assert not (tmp_path / "mlflow.db").exists()
