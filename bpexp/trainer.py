@@ -17,19 +17,25 @@ Records, with step 0 of the epoch series at initialisation, before any update:
   (:class:`bpexp.curvature.SpectralDensity`), and are kept in ``TrainResult.spectra``;
 - ``StepRecord(step, epoch, batch_loss)`` every ``log_every_n_steps`` updates (global step;
   automatic by default, see :func:`log_stride`);
+- ``CheckpointRecord(epoch, state)`` every ``checkpoint_every`` epochs, after that epoch's
+  ``EpochRecord``, while the run has not diverged and has epochs left: ``state``
+  (:class:`bpexp.checkpoint.TrainState`) is everything needed to continue exactly;
+  ``train(..., start=state)`` does, emitting only the records that follow it;
 - ``EndRecord(epoch, metrics, outcome)`` once: ``test/loss``, ``test/accuracy`` and the outcome,
   ``completed`` or ``diverged`` (a non-finite loss, or one above ``max_loss``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from bpexp import curvature, instruments
+from bpexp import checkpoint, curvature, instruments
+from bpexp.checkpoint import AlphaStart, TrainState
 from bpexp.cost import Cost
 from bpexp.data import Dataset
 from bpexp.errors import bad_value
@@ -75,6 +81,10 @@ class TrainerConfig:
     spectrum_steps: int = 30  # Lanczos steps per probe vector (H v products)
     spectrum_probes: int = 4  # probe vectors
     spectrum_sigma: float = 0.02  # Gaussian broadening, as a fraction of the spectrum's scale
+    # Epochs between two CheckpointRecords (bpexp.checkpoint); 0: never. At most this many
+    # epochs are trained again after an interruption; a record costs a copy of the weights and
+    # the optimizer's buffers.
+    checkpoint_every: int = 10
 
 
 @dataclass(frozen=True)
@@ -98,7 +108,21 @@ class EndRecord:
     outcome: str
 
 
-Record = StepRecord | EpochRecord | EndRecord
+@dataclass(frozen=True)
+class CheckpointRecord:
+    """The loop's whole state after ``epoch`` (see :mod:`bpexp.checkpoint`): write it with
+    ``checkpoint.save(path, record.state)``, resume with ``train(..., start=state)``."""
+
+    epoch: int
+    state: TrainState
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """None: a listener that logs every record's metrics logs nothing for this one."""
+        return {}
+
+
+Record = StepRecord | EpochRecord | CheckpointRecord | EndRecord
 Listener = Callable[[Record], None]
 
 
@@ -153,6 +177,7 @@ def validate(cfg: TrainerConfig, n_train: int) -> None:
 
 
 EVERY_KEYS = ("gradient_tests_every", "alpha_every", "trace_every", "top_k_every", "spectrum_every")
+EVERY_KEYS += ("checkpoint_every",)
 
 
 def _due(every: int, epoch: int) -> bool:
@@ -280,6 +305,31 @@ def _diverged(loss: float, bound: float) -> bool:
     return not math.isfinite(loss) or loss > bound
 
 
+def fingerprint(
+    net: Network, optimizer: Optimizer, cost: Cost, data: Dataset, cfg: TrainerConfig, seed: int
+) -> dict:
+    """What a run must share with a checkpoint to resume from it exactly: every setting that
+    changes what the loop computes (``checkpoint_every`` does not), and the data's shape."""
+    return {
+        "seed": int(seed),
+        "network": {
+            "sizes": list(net.sizes),
+            "activations": [act.name for act in net.activations],
+            "dtype": str(net.dtype),
+        },
+        "cost": cost.name,
+        "optimizer": {f.name: getattr(optimizer, f.name) for f in dataclasses.fields(optimizer)},
+        "trainer": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "checkpoint_every"},
+        "data": {
+            "name": data.name,
+            "task": data.task,
+            "shapes": [list(x.shape) for x in (data.X_train, data.Y_train, data.X_val)]
+            + [list(x.shape) for x in (data.X_test,)],
+            "dtype": str(data.X_train.dtype),
+        },
+    }
+
+
 def train(
     net: Network,
     optimizer: Optimizer,
@@ -289,11 +339,18 @@ def train(
     seed: int,
     listener: Listener | None = None,
     log_every_n_steps: int | None = None,
+    start: TrainState | None = None,
 ) -> TrainResult:
     """Train ``net`` in place on ``data`` and return the outcome and the per-epoch history.
 
     The batch order, the probe set and the rows of the train/ metrics come from ``seed`` alone
     (see :mod:`bpexp.rng`). Validation and test metrics always use every row of their part.
+
+    ``start``, a :class:`~bpexp.checkpoint.TrainState` of a ``CheckpointRecord`` of this run
+    (same settings, data and seed, else :class:`~bpexp.checkpoint.CheckpointError`), continues
+    the run after its epoch: ``net``'s weights are replaced by the checkpoint's, only the
+    records after it are emitted, and the result (history, steps, final weights) is the
+    uninterrupted run's, bit for bit.
     """
     emit = listener or (lambda record: None)
     validate(cfg, data.X_train.shape[0])
@@ -312,11 +369,62 @@ def train(
     sharpness_rng = stream(seed, "sharpness")
     threshold = sharpness_threshold(optimizer)
     batch_rng, trace_rng, top_rng, spectrum_rng = (substream(seed, k) for k in range(4))
+    # Every stream drawn from after this point, by its name in a checkpoint.
+    rngs = dict(
+        zip(
+            checkpoint.STREAMS,
+            (shuffle_rng, sharpness_rng, batch_rng, trace_rng, top_rng, spectrum_rng),
+            strict=True,
+        )
+    )
     after_first = np.empty_like(net.params)
     # α judges each epoch's first step. Its start is where the last epoch's instruments were
     # measured: their probe backprop, kept, is its observation there. Its end is the epoch's
     # end when the epoch is one step (full batch), else one more probe backprop.
     at_start: list[instruments.ProbeSnapshot | None] = [None]
+    identity = (
+        fingerprint(net, optimizer, cost, data, cfg, seed) | {"step_stride": stride}
+        if cfg.checkpoint_every or start is not None
+        else {}
+    )
+    buffers = [key for key in state if key not in ("t", "scratch")]
+
+    def save_state(epoch: int) -> TrainState:
+        snap = at_start[0]
+        return TrainState(
+            epoch=epoch,
+            steps=result.steps,
+            params=net.params.copy(),
+            params_init=params_init.copy(),
+            optimizer_t=int(state["t"]),
+            optimizer_buffers={key: state[key].copy() for key in buffers},
+            streams={name: rng.bit_generator.state for name, rng in rngs.items()},
+            history=list(result.history),
+            spectra=dict(result.spectra),
+            alpha_start=None
+            if snap is None
+            else AlphaStart(list(snap.a[1:]), list(snap.delta), snap.losses),
+            fingerprint=identity,
+        )
+
+    def resume_from(saved: TrainState) -> None:
+        checkpoint.check_fingerprint(saved, identity)
+        checkpoint.check_arrays(saved, net.params, {key: state[key] for key in buffers})
+        np.copyto(net.params, saved.params)
+        np.copyto(params_init, saved.params_init)
+        state["t"] = saved.optimizer_t
+        for key in buffers:
+            np.copyto(state[key], saved.optimizer_buffers[key])
+        for name, rng in rngs.items():
+            rng.bit_generator.state = saved.streams[name]
+        alpha = saved.alpha_start
+        if alpha is not None:
+            a = [X_probe, *(x.copy() for x in alpha.a)]
+            delta = [d.copy() for d in alpha.delta]
+            at_start[0] = instruments.ProbeSnapshot(a, delta, alpha.losses.copy())
+        result.steps, result.epochs_run = saved.steps, saved.epoch
+        result.history = list(saved.history)
+        result.spectra = dict(saved.spectra)
 
     def epoch_metrics(
         epoch: int, params_before: Array | None, watched: bool = False
@@ -391,8 +499,11 @@ def train(
         return spectrum
 
     with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
-        epoch_metrics(0, None)
-        for epoch in range(1, cfg.epochs + 1):
+        if start is None:
+            epoch_metrics(0, None)
+        else:
+            resume_from(start)
+        for epoch in range(result.epochs_run + 1, cfg.epochs + 1):
             # The permutation is drawn every epoch, also for the full batch (whose one batch
             # is every row in any order), so the stream and the batches stay what seed says.
             order = shuffle_rng.permutation(n) if cfg.shuffle else None
@@ -424,6 +535,8 @@ def train(
             if stopped or _diverged(metrics["train/loss"], cfg.max_loss):
                 result.outcome = "diverged"
                 break
+            if epoch < cfg.epochs and _due(cfg.checkpoint_every, epoch):
+                emit(CheckpointRecord(epoch, save_state(epoch)))
         final = evaluate(net, cost, data.X_test, data.Y_test, "test", data.task)
     result.final_metrics = {**result.history[-1], **final}
     result.final_metrics.pop("epoch")
