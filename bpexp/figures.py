@@ -793,8 +793,6 @@ def benchmark_sections(ctx: Context) -> list[Section]:
     fig.suptitle("Performance profiles: the fraction of workloads reached within τ × the best")
     scores = b.scores_steps.merge(b.scores_seconds, on="arm", suffixes=("", "_s"))
     text = [
-        f"**{b.sentence}**",
-        "",
         "| optimizer | score, steps [95% bootstrap] | score, seconds [95% bootstrap] |"
         " targets reached |",
         "|---|---|---|---|",

@@ -387,13 +387,13 @@ MARKDOWN = """# {{ title }}
 {% for note in notes %}- {{ note }}
 {% endfor %}
 {{ verdict }}
-
+{% macro table() %}
 ## {{ table_title }}
 
 {{ table_md }}
 
 {% for line in table_notes %}{{ line }}
-{% endfor %}
+{% endfor %}{% endmacro %}{% if not table_last %}{{ table() }}{% endif %}
 ## Figures
 {% for part in parts %}
 ### {{ part.title }}
@@ -401,7 +401,7 @@ MARKDOWN = """# {{ title }}
 ![{{ part.title }}]({{ part.file }})
 {% endif %}{% for line in part.text %}
 {{ line }}{% endfor %}
-{% endfor %}"""
+{% endfor %}{% if table_last %}{{ table() }}{% endif %}"""
 
 HTML = """<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>{{ title }}</title><style>
@@ -413,9 +413,10 @@ img{max-width:100%}code{background:#f3f3f3}
 <h1>{{ title }}</h1>
 <ul>{% for note in notes %}<li>{{ note | inline }}</li>{% endfor %}</ul>
 {% if verdict %}<p>{{ verdict | inline }}</p>{% endif %}
-<h2>{{ table_title }}</h2>
+{% macro table() %}<h2>{{ table_title }}</h2>
 {{ table_html }}
-{% for line in table_notes %}<p>{{ line | inline }}</p>{% endfor %}
+{% for line in table_notes %}<p>{{ line | inline }}</p>{% endfor %}{% endmacro %}
+{% if not table_last %}{{ table() }}{% endif %}
 <h2>Figures</h2>
 {% for part in parts %}<h3>{{ part.title }}</h3>
 {% if part.file in images -%}
@@ -424,6 +425,7 @@ img{max-width:100%}code{background:#f3f3f3}
 {% for block in part.blocks %}
 {%- if block.head %}{{ block | table }}{% else %}<p>{{ block.text | inline }}</p>{% endif %}
 {% endfor %}{% endfor %}
+{% if table_last %}{{ table() }}{% endif %}
 </body></html>
 """
 
@@ -518,10 +520,15 @@ def write(
             " mini-batches).",
             "Numbers: `comparison.csv`; every run: `runs.csv`.",
         ]
+    verdict = _verdict(table, ctx.protocol)
+    if ctx.benchmark:  # the answer across workloads first; the per-arm table last
+        verdict = f"**Answer:** {figures.benchmark(ctx).sentence}"
+        table_title = "Final table (each workload × optimizer, confirm runs)"
     page = {
         "title": title or f"Sweep {sweep.name}",
         "notes": notes,
-        "verdict": _verdict(table, ctx.protocol),
+        "verdict": verdict,
+        "table_last": ctx.benchmark,
         "table_title": table_title,
         "table_notes": table_notes,
         "parts": parts,
