@@ -38,6 +38,7 @@ import os
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -98,23 +99,22 @@ class TrainState:
 
 
 def _history_arrays(history: list[dict[str, float]]) -> tuple[list[list[str]], dict[str, Array]]:
-    """The history as arrays: each epoch's keys (but ``epoch``) are one of a few layouts, kept
-    in order in the JSON; its values go, epoch after epoch, into one float array."""
+    """The history as arrays: each epoch's keys (``epoch`` first, then the metrics) are one of
+    a few layouts, kept in order in the JSON; its values go, epoch after epoch, into one float
+    array (an epoch number is exact in a float64)."""
     layouts: list[list[str]] = []
     index: dict[tuple[str, ...], int] = {}
-    which, values, epochs = [], [], []
+    which = []
     for row in history:
-        keys = tuple(k for k in row if k != "epoch")
+        keys = tuple(row)
         if keys not in index:
             index[keys] = len(layouts)
             layouts.append(list(keys))
         which.append(index[keys])
-        epochs.append(row["epoch"])
-        values.extend(float(row[k]) for k in keys)
+    values = np.fromiter(chain.from_iterable(map(dict.values, history)), np.float64)
     return layouts, {
-        "history/epoch": np.asarray(epochs, np.int64),
         "history/layout": np.asarray(which, np.int64),
-        "history/values": np.asarray(values, np.float64),
+        "history/values": values,
     }
 
 
@@ -208,16 +208,16 @@ def load(path: str | os.PathLike) -> TrainState:
 
 def _from_arrays(meta: dict, arrays: dict[str, Array], source: str | None) -> TrainState:
     layouts = meta["history_layouts"]
-    values = arrays["history/values"]
+    values = arrays["history/values"].tolist()
     history, at = [], 0
-    for epoch, which in zip(arrays["history/epoch"], arrays["history/layout"], strict=True):
-        keys = layouts[int(which)]
-        row: dict[str, float] = {"epoch": int(epoch)}
-        row |= {k: float(v) for k, v in zip(keys, values[at : at + len(keys)], strict=True)}
+    for which in arrays["history/layout"].tolist():
+        keys = layouts[which]
+        row = dict(zip(keys, values[at : at + len(keys)], strict=True))
+        row["epoch"] = int(row["epoch"])
         at += len(keys)
         history.append(row)
-    if at != values.size:
-        raise ValueError(f"history: {values.size} values for {at} keys")
+    if at != len(values):
+        raise ValueError(f"history: {len(values)} values for {at} keys")
     spectra = {
         int(epoch): SpectralDensity(
             *(arrays[f"spectrum/{epoch}/{k}"] for k in _SPECTRUM_ARRAYS),
