@@ -40,24 +40,37 @@ def main() -> None:
     try:
         _hydra_main()
     except KeyboardInterrupt:
-        code = stop.exit_code()
-        sweep.finish("interrupted")
-        print("interrupted (a tracked run in progress was closed as KILLED)", file=sys.stderr)
-        sys.exit(code)
+        _end("interrupted")
     except BaseException as exc:
         if stop.stopping():  # the launcher gave up on jobs stopped by a signal (submitit)
-            sweep.finish("interrupted")
-            sys.exit(stop.exit_code())
+            _end("interrupted")
         failed = not isinstance(exc, SystemExit) or exc.code not in (0, None)
-        sweep.finish("aborted" if failed else None)
+        code = _finish("aborted" if failed else None)
+        if code > 128:  # a stop signal while the sweep was summed up
+            sys.exit(code)
         raise
     if stop.stopping():  # the launcher collected the jobs stopped by a signal
-        sweep.finish("interrupted")
-        print("interrupted (the runs in progress were closed as KILLED)", file=sys.stderr)
-        sys.exit(stop.exit_code())
-    code = sweep.finish()
+        _end("interrupted")
+    code = _finish(None)
     if code:
         sys.exit(code)
+
+
+def _finish(stopped: str | None) -> int:
+    """:func:`bpexp.sweep.finish`, which handles a stop signal itself; one that lands between
+    two of its steps ends the command as any stop signal does."""
+    try:
+        return sweep.finish(stopped)
+    except KeyboardInterrupt:
+        return stop.exit_code()
+
+
+def _end(stopped: str) -> None:
+    """Exit after a stop signal: the sweep (if any) summed up, its parent run KILLED."""
+    code = stop.exit_code()
+    _finish(stopped)
+    print("interrupted (the runs in progress were closed as KILLED)", file=sys.stderr)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

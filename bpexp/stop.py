@@ -135,6 +135,12 @@ def on_signal(signum: int, frame: object) -> None:
     raise stop
 
 
+def finishing() -> None:
+    """The sweep's jobs are over and the launching process sums it up (summary, report,
+    parent run): a stop signal now interrupts this process itself, as in a basic sweep."""
+    _state.jobs_elsewhere = False
+
+
 def _stop_jobs_elsewhere() -> None:
     """Where the jobs run in other processes, raising would make the launcher tear them down
     (SIGKILL) while they close their runs. Instead the sweep folder gets a ``.stopping`` file,
@@ -146,6 +152,16 @@ def _stop_jobs_elsewhere() -> None:
     if _state.sweep_dir is not None:
         (_state.sweep_dir / STOP_FILE).touch()
     _signal_descendants(signal.SIGTERM)
+
+
+def process_start(pid: int) -> str:
+    """When process ``pid`` started (clock ticks since boot, from /proc), to tell it from a
+    later process given the same pid; "" where /proc is absent or the process is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return text[text.rindex(")") + 2 :].split()[19]  # field 22, after "pid (comm)"
 
 
 def _signal_descendants(signum: int) -> None:

@@ -61,14 +61,11 @@ class SweepCallback(Callback):
         sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
         sweep_dir.mkdir(parents=True, exist_ok=True)
         name = sweep_name(dict(config.hydra.runtime.choices))
+        lock = _take_folder(sweep_dir)
         _launched.clear()
-        _launched.update(dir=sweep_dir, uri=None)
+        _launched.update(dir=sweep_dir, uri=None, running_lock=lock)
         print(f"sweep {name!r}: outputs in {sweep_dir}", flush=True)
         stop.launching(sweep_dir, str((config.hydra.get("launcher") or {}).get("_target_", "")))
-        # Held while this process lives, even through kill -9: tells a later sweep whether
-        # this sweep's parent run is stale (tracking.close_stale_runs).
-        _launched["running_lock"] = open(sweep_dir / jobs.RUNNING_LOCK, "w")
-        fcntl.flock(_launched["running_lock"], fcntl.LOCK_EX)
         if config.tracking.enabled:
             from bpexp import tracking as tr
 
@@ -76,16 +73,116 @@ class SweepCallback(Callback):
             # created by the first job whose config is valid (see ensure_parent), so that a
             # sweep of invalid jobs leaves no run behind.
             uri = tr.tracking_uri(config.tracking.uri)
-            client = tr.connect(uri, config.tracking.timeout_seconds)
-            experiment_id = tr.ensure_experiment(client, config.tracking.experiment)
-            _launched["uri"] = uri
-            # Runs left RUNNING by a process that died hard (kill -9, second Ctrl-C): resuming
-            # a sweep closes them as interrupted first, so that they do not look alive.
-            stale = tr.close_stale_runs(client, experiment_id)
+            try:
+                client = tr.connect(uri, config.tracking.timeout_seconds)
+                experiment_id = tr.ensure_experiment(client, config.tracking.experiment)
+                _launched.update(uri=uri, timeout=config.tracking.timeout_seconds)
+                _record_store(sweep_dir, uri)
+                # Runs left RUNNING by a process that died hard (kill -9, second Ctrl-C, a
+                # store that failed under them): resuming a sweep closes them as interrupted
+                # first, so that they do not look alive.
+                stale = tr.close_stale_runs(client, experiment_id)
+            except TrackingError as exc:
+                print(f"error: {exc}", file=sys.stderr, flush=True)
+                raise SystemExit(2) from None
+            except Exception as exc:  # the store answered, then failed
+                print(
+                    f"error: tracking.uri={tr.redact(uri)!r}: the store failed at the start of "
+                    f"the sweep ({tr.error_text(exc)}); check it, or use another tracking.uri",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                raise SystemExit(2) from None
             if stale:
                 print(f"closed {len(stale)} stale RUNNING run(s) as interrupted", flush=True)
         # Hydra composes every job's config here next, serially: no full collections meanwhile.
         _freeze_heap()
+
+
+EARLIER = ("results", "plan", "protocol", "report", PARENT_FILE, "summary.csv", "multirun.yaml")
+
+
+def _take_folder(sweep_dir: Path):
+    """Lock the sweep folder for this process (``.running``, held until the process ends, even
+    through kill -9) and return the lock's file. A folder another sweep is running in is
+    refused (exit 2): two sweeps never share one. What an earlier, ended sweep left in it (its
+    results, its parent run's id) is moved to ``earlier/<time>/``, so that this sweep neither
+    reports those jobs nor hangs its runs on that parent."""
+    lock = open(sweep_dir / jobs.RUNNING_LOCK, "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        print(
+            f"error: sweep folder {sweep_dir} is in use by another sweep, still running; set "
+            "another hydra.sweep.dir, or wait until that sweep ends",
+            file=sys.stderr,
+            flush=True,
+        )
+        raise SystemExit(2) from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"{os.getpid()} {stop.process_start(os.getpid())}\n")
+    lock.flush()
+    left = [sweep_dir / n for n in EARLIER if (sweep_dir / n).exists()]
+    if left:
+        aside = sweep_dir / "earlier" / datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+        aside.mkdir(parents=True)
+        for path in left:
+            path.rename(aside / path.name)
+    return lock
+
+
+def launcher_tags(sweep_dir: Path) -> dict[str, str]:
+    """The launching process of the sweep in ``sweep_dir`` as run tags (``bpexp.pid``,
+    ``bpexp.pid_start``), read from its ``.running`` file: the parent run is created by a job,
+    maybe in another process, but lives as long as the launching process."""
+    try:
+        pid, start = ((sweep_dir / jobs.RUNNING_LOCK).read_text().split() + ["", ""])[:2]
+    except OSError:
+        return {}
+    return {"bpexp.pid": pid, "bpexp.pid_start": start} if pid.isdigit() else {}
+
+
+STORE_FILE = ".store"  # the SQLite store's file identity at the start of the sweep
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri.removeprefix("sqlite:///")).expanduser().resolve()
+
+
+def _record_store(sweep_dir: Path, uri: str) -> None:
+    path = _sqlite_path(uri)
+    if path is not None:
+        info = path.stat()
+        (sweep_dir / STORE_FILE).write_text(f"{info.st_dev}:{info.st_ino}\n")
+
+
+def store_changed(sweep_dir: Path, uri: str) -> str | None:
+    """For a SQLite store: "deleted" or "replaced" when its file is no longer the one the sweep
+    started with (runs written meanwhile through open connections went nowhere), else None."""
+    path = _sqlite_path(uri)
+    if path is None or not (sweep_dir / STORE_FILE).exists():
+        return None
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return "deleted"
+    if (sweep_dir / STORE_FILE).read_text().strip() != f"{info.st_dev}:{info.st_ino}":
+        return "replaced"
+    return None
+
+
+def _store_gone_message(uri: str, change: str) -> str:
+    from bpexp import tracking as tr
+
+    return (
+        f"tracking.uri={tr.redact(uri)!r}: the store was deleted or replaced during the sweep "
+        f"({change}): the runs written to it before are not in the store there now; running "
+        "the same command again runs those jobs again"
+    )
 
 
 def ensure_parent(client, experiment_id: str) -> str:
@@ -107,6 +204,7 @@ def ensure_parent(client, experiment_id: str) -> str:
                 "bpexp.kind": "sweep",
                 "bpexp.sweep_dir": str(sweep_dir),
                 "bpexp.host": socket.gethostname(),
+                **launcher_tags(sweep_dir),
             },
         )
         id_file.write_text(run.info.run_id)
@@ -186,11 +284,16 @@ def _run_job(cfg: DictConfig, result: jobs.JobResult) -> None:
     tags = {"bpexp.arm": result.arm} if result.arm else {}
     if result.stage:
         tags["bpexp.stage"] = result.stage
+    sweep_dir = job_sweep_dir()
+    uri = _job_store_uri(cfg)
 
     def started(run_id: str) -> None:
         result.run_id = run_id
 
     try:
+        change = store_changed(sweep_dir, uri) if uri else None
+        if change:  # a new store would be made here, with none of the sweep's runs in it
+            raise TrackingError(_store_gone_message(uri, change))
         run = execute(
             cfg,
             echo=True,
@@ -206,14 +309,33 @@ def _run_job(cfg: DictConfig, result: jobs.JobResult) -> None:
         yardstick = _yardstick()
         if yardstick and yardstick in run.history.columns:
             result.curve = [float(v) for v in run.history[yardstick]]
+        change = store_changed(sweep_dir, uri) if uri else None
+        if change and run.run_id:  # written through a connection to the file that is gone
+            raise TrackingError(
+                f"run {run.run_id}: {_store_gone_message(uri, change)}; the run is lost"
+            )
     except (ConfigError, TrackingError) as exc:
         result.outcome = "invalid" if isinstance(exc, ConfigError) else "failed"
         result.error = str(exc)
         print(f"error: {exc}", file=sys.stderr, flush=True)
     except Exception as exc:
-        result.outcome, result.error = "failed", f"{type(exc).__name__}: {exc}"
-        traceback.print_exc()
-    result.write(job_sweep_dir())
+        from bpexp import tracking as tr
+
+        result.outcome, result.error = "failed", tr.error_text(exc)
+        if tr.is_store_error(exc) and uri:  # the store failed: say which, without a traceback
+            result.error = f"tracking.uri={tr.redact(uri)!r}: {result.error}"
+            print(f"error: job {result.job}: the store failed: {result.error}", file=sys.stderr)
+        else:  # a bug or the machine (memory): the traceback is in the run's traceback.txt too
+            traceback.print_exc()
+    result.write(sweep_dir)
+
+
+def _job_store_uri(cfg: DictConfig) -> str | None:
+    if not cfg.tracking.enabled:
+        return None
+    from bpexp import tracking as tr
+
+    return tr.tracking_uri(cfg.tracking.uri)
 
 
 def _yardstick() -> str | None:
@@ -226,14 +348,60 @@ def finish(stopped: str | None = None) -> int:
 
     ``stopped`` is ``"interrupted"`` (Ctrl-C, SIGTERM) or ``"aborted"`` (Hydra raised) when the
     multirun did not end normally. Does nothing (returns 0) when no multirun was started here.
+
+    Whatever the store does (a server gone, a file read-only, deleted or damaged), the summary
+    is written and the failed jobs are printed first; then the parent run is closed with a
+    final status, or an error says why it could not be, naming the store and what to do. A stop
+    signal meanwhile (the report can take a while) closes the parent KILLED, and the exit code
+    is then the signal's (130, 143).
     """
     if "dir" not in _launched:
         return 0
+    stop.finishing()  # from here a stop signal interrupts this process, not the jobs
     sweep_dir, uri = Path(_launched["dir"]), _launched["uri"]
+    timeout = float(_launched.get("timeout", 10.0))
+    lock = _launched.pop("running_lock", None)
     _launched.clear()
-    if stopped == "aborted" and not (sweep_dir / jobs.RESULTS_FOLDER).exists():
-        return 1  # stopped before any job (bad input, reported already): nothing to sum up
+    try:
+        try:
+            with stop.uninterrupted_write():  # the summary is written whatever comes
+                if stopped == "aborted" and not (sweep_dir / jobs.RESULTS_FOLDER).exists():
+                    return 1  # stopped before any job (bad input, reported already)
+                change = store_changed(sweep_dir, uri) if uri else None
+                bad = _write_summary(sweep_dir, stopped, uri, change)
+        except KeyboardInterrupt:
+            stopped, bad, change = "interrupted", _failed_jobs(sweep_dir), None
+        code = 1 if len(bad) or stopped else 0
+        parent_file = sweep_dir / PARENT_FILE
+        if change:
+            print(f"error: {_store_gone_message(uri, change)}", file=sys.stderr, flush=True)
+            code = 1
+        elif uri and parent_file.exists():
+            status = {"interrupted": "KILLED", "aborted": "FAILED"}.get(
+                stopped, "FAILED" if len(bad) else "FINISHED"
+            )
+            closed, interrupted = _close_parent(
+                uri, parent_file.read_text().strip(), sweep_dir, status, timeout
+            )
+            if interrupted:
+                print("interrupted (the parent run was closed as KILLED)", file=sys.stderr)
+                return stop.exit_code()
+            code = code if closed else 1
+        return code
+    finally:
+        if lock is not None:
+            lock.close()  # the parent is closed: a later sweep may judge it
+
+
+def _write_summary(sweep_dir: Path, stopped: str | None, uri: str | None, change: str | None):
+    """Write and print ``summary.csv``, then the failed jobs; returns the failed rows. When
+    the store was deleted or replaced, no run of the sweep is in it: every job that has a run
+    there is reported failed."""
     table = jobs.summary(sweep_dir)
+    if change:
+        lost = table["run_id"].notna() & ~table["outcome"].isin(["failed", "invalid"])
+        table.loc[lost, "error"] = _store_gone_message(uri, change)
+        table.loc[lost, "outcome"] = "failed"
     table.to_csv(sweep_dir / "summary.csv", index=False)
     counts = table["outcome"].value_counts().to_dict()
     shown = table.drop(columns=["error", "run_id"])
@@ -248,39 +416,103 @@ def finish(stopped: str | None = None) -> int:
             + ")"
         )
         print(shown.to_string(index=False, float_format="{:.4f}".format))
-    print(f"summary: {sweep_dir / 'summary.csv'}")
+    print(f"summary: {sweep_dir / 'summary.csv'}", flush=True)
     bad = table[table["outcome"].isin(["failed", "invalid"])]
-    parent_file = sweep_dir / PARENT_FILE
-    if uri and parent_file.exists():
-        status = {"interrupted": "KILLED", "aborted": "FAILED"}.get(
-            stopped, "FAILED" if len(bad) else "FINISHED"
-        )
-        _close_parent(uri, parent_file.read_text().strip(), sweep_dir, status)
+    _print_failed(bad)
+    return bad
+
+
+def _failed_jobs(sweep_dir: Path) -> pd.DataFrame:
+    try:
+        table = jobs.summary(sweep_dir)
+    except Exception:
+        return pd.DataFrame(columns=jobs.SUMMARY_COLUMNS)
+    return table[table["outcome"].isin(["failed", "invalid"])]
+
+
+def _print_failed(bad: pd.DataFrame) -> None:
     for _, row in bad.iterrows():
         print(
             f"job {row['job']} {row['outcome']} ({row['overrides']}): {row['error']}",
             file=sys.stderr,
+            flush=True,
         )
-    return 1 if len(bad) or stopped else 0
 
 
-def _close_parent(uri: str, parent: str, sweep_dir: Path, status: str) -> None:
+class _WritesUninterrupted:
+    """A client whose store writes a stop signal does not cut (:func:`stop.uninterrupted_write`)
+    while everything else (drawing the report's figures) stays interruptible."""
+
+    WRITES = ("log_artifact", "log_artifacts", "log_batch", "log_metric", "log_param", "set_tag")
+
+    def __init__(self, client) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str):
+        attribute = getattr(self._client, name)
+        if name not in self.WRITES:
+            return attribute
+
+        def write(*args, **kwargs):
+            with stop.uninterrupted_write():
+                return attribute(*args, **kwargs)
+
+        return write
+
+
+def _close_parent(
+    uri: str, parent: str, sweep_dir: Path, status: str, timeout: float = 10.0
+) -> tuple[bool, bool]:
     """Log the summary, the protocol and the report (figures, arm metrics) to the parent run
-    and close it; a report failure must not lose the summary or leave the parent open."""
+    and close it with ``status``; returns (closed, interrupted). A report failure does not lose
+    the summary or leave the parent open; a store failure is said, naming the store and what to
+    do, never raised; a stop signal ends the report and closes the parent KILLED."""
     from bpexp import report
     from bpexp import tracking as tr
 
-    client = tr.connect(uri)
+    shown = tr.redact(uri)
+    interrupted = False
     try:
-        # summary.csv stays in the sweep folder when the artifact store fails (disk full).
-        client.log_artifact(parent, str(sweep_dir / "summary.csv"))
-        if (sweep_dir / "protocol" / "protocol.json").exists():
-            _log_protocol(client, parent, sweep_dir / "protocol")
-        report.log_sweep(client, parent, sweep_dir)
+        client = _WritesUninterrupted(tr.connect(uri, timeout))
+        try:
+            # summary.csv stays in the sweep folder when the artifact store fails (disk full).
+            client.log_artifact(parent, str(sweep_dir / "summary.csv"))
+            if (sweep_dir / "protocol" / "protocol.json").exists():
+                _log_protocol(client, parent, sweep_dir / "protocol")
+            report.log_sweep(client, parent, sweep_dir)
+        except KeyboardInterrupt:
+            interrupted, status = True, "KILLED"
+            print("interrupted: the sweep's report was not finished", file=sys.stderr)
+        except Exception as exc:
+            print(f"warning: no sweep report: {tr.error_text(exc)}", file=sys.stderr)
+        try:
+            with stop.uninterrupted_write():
+                client.set_terminated(parent, status=status)
+        except KeyboardInterrupt:  # came during the write, which was done first
+            interrupted, status = True, "KILLED"
+            with stop.uninterrupted_write():
+                client.set_terminated(parent, status=status)
+    except KeyboardInterrupt:  # while connecting: the parent is closed by the next sweep
+        print(
+            f"interrupted before the sweep's parent run {parent} was closed; the next sweep on "
+            f"tracking.uri={shown!r} closes it as interrupted",
+            file=sys.stderr,
+        )
+        return False, True
     except Exception as exc:
-        print(f"warning: no sweep report: {type(exc).__name__}: {exc}", file=sys.stderr)
-    finally:
-        client.set_terminated(parent, status=status)
+        where = str(exc)
+        if not isinstance(exc, TrackingError):
+            where = f"tracking.uri={shown!r}: {tr.error_text(exc)}"
+        print(
+            f"error: the sweep's parent run {parent} could not be closed as {status} "
+            f"({where}). The jobs' results are in "
+            f"{sweep_dir / 'summary.csv'}. Once the store works again, running the same "
+            "command closes that run as interrupted and runs the failed jobs again.",
+            file=sys.stderr,
+            flush=True,
+        )
+        return False, interrupted
+    return True, interrupted
 
 
 def _log_protocol(client, parent: str, folder: Path) -> None:

@@ -19,6 +19,7 @@ import fcntl
 import functools
 import hashlib
 import json
+import logging
 import os
 import platform
 import socket
@@ -43,8 +44,12 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 import bpexp
 from bpexp import stop
 from bpexp.errors import TrackingError
-from bpexp.jobs import RUNNING_LOCK
 from bpexp.trainer import EndRecord, Record, StepRecord
+
+# MLflow logs every database error it re-raises with its traceback (and the SQL with up to
+# 10 rows of parameters). bpexp reports each such error itself, once, in a line naming the
+# store; the run's traceback.txt keeps the traceback.
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 BATCH_LIMIT = 1000  # MLflow's limit of entities (metrics + params + tags) in one log_batch
@@ -110,6 +115,7 @@ def connect(uri: str, timeout: float = 10.0) -> MlflowClient:
         check_sqlite_file(uri, path)
         create_sqlite_store(uri, timeout)
         check_writable(uri, path)
+        _forget_connections_to_a_former_file(uri, path)
     try:
         client = MlflowClient(tracking_uri=uri)
         client.search_experiments(max_results=1)  # creates a fresh SQLite schema, once
@@ -131,6 +137,24 @@ def connect(uri: str, timeout: float = 10.0) -> MlflowClient:
 
 
 SQLITE_HEADER = b"SQLite format 3\x00"
+_sqlite_files: dict[str, tuple[int, int]] = {}  # the file each SQLite URI was opened as
+
+
+def _forget_connections_to_a_former_file(uri: str, path: Path) -> None:
+    """MLflow keeps one engine (its pooled connections) per URI for the life of the process.
+    If the file at ``path`` was deleted or replaced since, those connections still write to
+    the former file, which nothing else can see: drop them, so that this process opens the
+    file that is there now."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    info = path.stat()
+    now = (info.st_dev, info.st_ino)
+    before = _sqlite_files.get(uri)
+    _sqlite_files[uri] = now
+    if before is not None and before != now:
+        engine = SqlAlchemyStore._engine_map.pop(uri, None)
+        if engine is not None:
+            engine.dispose()
 
 
 def check_sqlite_file(uri: str, path: Path) -> None:
@@ -371,14 +395,20 @@ class RunLogger:
 def process_tags() -> dict[str, str]:
     """Where a run is trained: a run left RUNNING by a process that is gone (kill -9, a lost
     node) can then be told from one still training (see :func:`close_stale_runs`)."""
-    return {"bpexp.host": socket.gethostname(), "bpexp.pid": str(os.getpid())}
+    pid = os.getpid()
+    return {
+        "bpexp.host": socket.gethostname(),
+        "bpexp.pid": str(pid),
+        "bpexp.pid_start": stop.process_start(pid),
+    }
 
 
 def close_stale_runs(client: MlflowClient, experiment_id: str) -> list[str]:
     """Close as KILLED (``outcome=interrupted``, tag ``bpexp.stale``) the experiment's RUNNING
-    runs whose process is gone: a run trained on this host by a pid that no longer exists,
-    or a sweep's parent run on this host whose folder's ``.running`` lock nobody holds.
-    Returns their ids. Runs of other hosts are left alone: their processes cannot be seen."""
+    runs whose process is gone: a run, or a sweep's parent run, of this host whose process
+    (the one that trained it; for a parent, the sweep's launching process) no longer exists.
+    Returns their ids. Runs of other hosts are left alone: their processes cannot be seen.
+    Nothing read from the store is used as a path."""
     host = socket.gethostname()
     closed = []
     for run in client.search_runs(
@@ -395,25 +425,19 @@ def close_stale_runs(client: MlflowClient, experiment_id: str) -> list[str]:
 
 
 def _process_gone(tags: dict[str, str]) -> bool:
-    if tags.get("bpexp.pid", "").isdigit():
-        try:
-            os.kill(int(tags["bpexp.pid"]), 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:  # alive, another user's
-            return False
-        return False
-    sweep_dir = tags.get("bpexp.sweep_dir")
-    if tags.get("bpexp.kind") != "sweep" or not sweep_dir:
+    """Whether the process named by a run's ``bpexp.pid`` (and ``bpexp.pid_start``, when it
+    has one: a pid given to a later process) is gone; a run without a pid cannot tell."""
+    pid = tags.get("bpexp.pid", "")
+    if not pid.isdigit():
         return False
     try:
-        with open(Path(sweep_dir) / RUNNING_LOCK) as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:  # the launching process holds it: the sweep goes on
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
         return False
-    except OSError:  # no lock file (folder gone, or older code): cannot tell
-        return False
-    return True
+    start = tags.get("bpexp.pid_start", "")
+    return bool(start) and stop.process_start(int(pid)) not in ("", start)
 
 
 def _param_value(value: object) -> str:
@@ -424,10 +448,22 @@ def _param_value(value: object) -> str:
 
 def error_text(exc: BaseException) -> str:
     """``Type: message`` of ``exc``, on one line, for the ``bpexp.error`` tag and the summary
-    (SQLAlchemy appends a "Background on this error" line that says nothing)."""
-    lines = [line for line in str(exc).splitlines() if line.strip()]
-    lines = [line for line in lines if not line.startswith("(Background on this error")]
+    (SQLAlchemy's SQL statement, its parameters and its "Background on this error" line left
+    out)."""
+    noise = ("[SQL:", "[parameters:", "(Background on this error", "(raised as a result of")
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    lines = [line for line in lines if not line.startswith(noise)]
     return f"{type(exc).__name__}: {' '.join(lines)}"[:5000]  # MLflow's tag limit: 8000
+
+
+def is_store_error(exc: BaseException) -> bool:
+    """Whether ``exc`` comes from the tracking store (MLflow, its database or HTTP client, the
+    file system under it) rather than from bpexp's own code."""
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(exc, MlflowException | TrackingError | OSError | sqlite3.Error):
+        return True
+    return type(exc).__module__.split(".")[0] in ("sqlalchemy", "requests", "urllib3")
 
 
 def end_run(logger: RunLogger, outcome: str, extra_tags: dict[str, str] | None = None) -> None:

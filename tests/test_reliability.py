@@ -132,6 +132,11 @@ def wait_for_training_runs(
 
 
 def sweep_runs(uri: str):
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    engine = SqlAlchemyStore._engine_map.pop(uri, None)
+    if engine is not None:  # MLflow keeps its connections: to a file deleted since, maybe
+        engine.dispose()
     client = MlflowClient(tracking_uri=uri)
     runs = client.search_runs([client.get_experiment_by_name("bpexp").experiment_id])
     parents = [r for r in runs if r.data.tags.get("bpexp.kind") == "sweep"]
@@ -461,3 +466,103 @@ def test_a_corrupt_or_read_only_store_is_a_clear_error_before_training(
     }[damage]
     assert expected in out.stderr, out.stderr[-3000:]
     assert "epoch" not in out.stdout  # nothing trained
+
+
+def mlflow_server(folder: Path, port: int) -> subprocess.Popen:
+    """`mlflow server --workers 1` on 127.0.0.1:PORT over a SQLite store in ``folder``, in a
+    process group of its own (SIGKILL to the group kills it as a crash would)."""
+    args = ["server", "--workers", "1", "--host", "127.0.0.1", "--port", str(port)]
+    args += ["--backend-store-uri", f"sqlite:///{folder / 'server.db'}"]
+    args += ["--artifacts-destination", str(folder / "artifacts")]
+    server = popen_cli(args, folder, module="mlflow")
+    wait_healthy(f"http://127.0.0.1:{port}", server, seconds=120)
+    return server
+
+
+STORE_FAILURES = ["server killed", "read-only", "deleted", "corrupt"]
+
+
+@pytest.mark.parametrize("failure", STORE_FAILURES)
+def test_a_store_failing_mid_sweep_names_the_failed_jobs_and_the_parent(tmp_path, tmpfs, failure):
+    """Issue 28, defect 2: the store breaks while a joblib sweep runs (its server killed and
+    restarted 15 s later; its file made read-only, deleted or overwritten). The command still
+    exits 1 with no traceback, writes the summary, prints every failed job, and either closes
+    the parent run with a final status or says it could not, naming the store and what to do.
+    No run is FINISHED without all its points, and the same command, once the store works,
+    closes what was left open and runs the failed jobs again."""
+    folder = tmpfs(tmp_path / "store", size="64m")
+    server = None
+    if failure == "server killed":
+        port = free_port()
+        server = mlflow_server(folder, port)
+        uri = f"http://127.0.0.1:{port}"
+    else:
+        uri = f"sqlite:///{folder / 'mlflow.db'}"
+    args = ["-m", "seed=0,1,2,3", "trainer.epochs=80", "tracking.plots=false"]
+    args += ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"tracking.uri={uri}"]
+    proc = popen_cli(args, tmp_path)
+    try:
+        wait_for_training_runs(uri, 1, proc)
+        if failure == "server killed":
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=30)
+            time.sleep(15)
+            server = mlflow_server(folder, port)
+        elif failure == "read-only":  # (remount,ro refuses files open for writing: bind it)
+            subprocess.run(["mount", "--bind", str(folder), str(folder)], check=True)
+            subprocess.run(["mount", "-o", "remount,bind,ro", str(folder)], check=True)
+        elif failure == "deleted":
+            (folder / "mlflow.db").unlink()
+        else:
+            (folder / "mlflow.db").write_bytes(os.urandom(300_000))
+        proc.wait(timeout=600)
+        log = output(proc)
+        assert proc.returncode == 1, log[-3000:]
+        assert "Traceback" not in log, log[-5000:]
+        (summary,) = tmp_path.glob("multirun/*/*/summary.csv")
+        table = pd.read_csv(summary)
+        assert list(table["job"]) == [0, 1, 2, 3]
+        failed = table[table["outcome"] == "failed"]
+        assert len(failed), log[-3000:]
+        for job in failed["job"]:
+            assert f"job {job} failed" in log, log[-3000:]
+        assert f"tracking.uri={uri!r}" in log
+        print(f"{failure}: exit {proc.returncode}, failed jobs {list(failed['job'])}")
+        if failure == "read-only":
+            subprocess.run(["umount", str(folder)], check=True)  # the read-only bind
+        if failure in ("server killed", "read-only"):  # the store works again: look at it
+            client, parents, children = sweep_runs(uri)
+            (parent,) = parents
+            print(f"{failure}: parent {parent.info.status}")
+            if parent.info.status == "RUNNING":
+                assert f"parent run {parent.info.run_id} could not be closed" in log
+            else:
+                assert parent.info.status == "FAILED"
+            for run in children:
+                if run.info.status == "FINISHED":
+                    stored = points_in_store(client, run)
+                    assert stored == points_in_history(client, run, tmp_path / "dl")
+        elif failure == "deleted":
+            assert "was deleted or replaced during the sweep" in log, log[-3000:]
+        again = run_cli(args, tmp_path, timeout=900)
+        if failure == "corrupt":
+            assert again.returncode == 2, again.stderr[-3000:]
+            assert "is not an SQLite database" in again.stderr
+            assert "Traceback" not in again.stderr
+            return
+        assert again.returncode == 0, again.stderr[-3000:]
+        client, parents, children = sweep_runs(uri)
+        assert {p.info.status for p in parents} <= {"FINISHED", "FAILED", "KILLED"}, (
+            [(p.info.run_id, p.info.status) for p in parents],
+            log[-3000:],
+            again.stdout[-3000:],
+        )
+        done = [r for r in children if r.info.status == "FINISHED"]
+        assert sorted(int(r.data.params["seed"]) for r in done) == [0, 1, 2, 3]
+        for run in done:
+            assert points_in_store(client, run) == points_in_history(client, run, tmp_path / "d2")
+        assert "RUNNING" not in {r.info.status for r in children}
+    finally:
+        stop_group(proc)
+        if server is not None:
+            stop_group(server)
