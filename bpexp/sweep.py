@@ -362,6 +362,8 @@ def finish(stopped: str | None = None) -> int:
     timeout = float(_launched.get("timeout", 10.0))
     lock = _launched.pop("running_lock", None)
     _launched.clear()
+    parent_file = sweep_dir / PARENT_FILE
+    bad, change, parent, interrupted = pd.DataFrame(), None, None, False
     try:
         try:
             with stop.uninterrupted_write():  # the summary is written whatever comes
@@ -369,24 +371,24 @@ def finish(stopped: str | None = None) -> int:
                     return 1  # stopped before any job (bad input, reported already)
                 change = store_changed(sweep_dir, uri) if uri else None
                 bad = _write_summary(sweep_dir, stopped, uri, change)
+                parent = parent_file.read_text().strip() if parent_file.exists() else None
         except KeyboardInterrupt:
-            stopped, bad, change = "interrupted", _failed_jobs(sweep_dir), None
+            stopped, interrupted = "interrupted", True
+            parent = parent_file.read_text().strip() if parent_file.exists() else None
         code = 1 if len(bad) or stopped else 0
-        parent_file = sweep_dir / PARENT_FILE
         if change:
             print(f"error: {_store_gone_message(uri, change)}", file=sys.stderr, flush=True)
             code = 1
-        elif uri and parent_file.exists():
+        elif uri and parent:
             status = {"interrupted": "KILLED", "aborted": "FAILED"}.get(
                 stopped, "FAILED" if len(bad) else "FINISHED"
             )
-            closed, interrupted = _close_parent(
-                uri, parent_file.read_text().strip(), sweep_dir, status, timeout
-            )
-            if interrupted:
-                print("interrupted (the parent run was closed as KILLED)", file=sys.stderr)
-                return stop.exit_code()
+            closed, stopped_now = _close_parent(uri, parent, sweep_dir, status, timeout)
+            interrupted = interrupted or stopped_now
             code = code if closed else 1
+        if interrupted:  # a stop signal while the sweep was summed up
+            print("interrupted while the sweep was summed up (parent run: KILLED)", file=sys.stderr)
+            return stop.exit_code()
         return code
     finally:
         if lock is not None:
@@ -467,24 +469,29 @@ def _close_parent(
     and close it with ``status``; returns (closed, interrupted). A report failure does not lose
     the summary or leave the parent open; a store failure is said, naming the store and what to
     do, never raised; a stop signal ends the report and closes the parent KILLED."""
-    from bpexp import report
     from bpexp import tracking as tr
 
-    shown = tr.redact(uri)
-    interrupted = False
+    interrupted, client = False, None
     try:
         client = _WritesUninterrupted(tr.connect(uri, timeout))
-        try:
-            # summary.csv stays in the sweep folder when the artifact store fails (disk full).
-            client.log_artifact(parent, str(sweep_dir / "summary.csv"))
-            if (sweep_dir / "protocol" / "protocol.json").exists():
-                _log_protocol(client, parent, sweep_dir / "protocol")
-            report.log_sweep(client, parent, sweep_dir)
-        except KeyboardInterrupt:
-            interrupted, status = True, "KILLED"
-            print("interrupted: the sweep's report was not finished", file=sys.stderr)
-        except Exception as exc:
-            print(f"warning: no sweep report: {tr.error_text(exc)}", file=sys.stderr)
+        from bpexp import report
+
+        # summary.csv stays in the sweep folder when the artifact store fails (disk full).
+        client.log_artifact(parent, str(sweep_dir / "summary.csv"))
+        if (sweep_dir / "protocol" / "protocol.json").exists():
+            _log_protocol(client, parent, sweep_dir / "protocol")
+        report.log_sweep(client, parent, sweep_dir)
+    except KeyboardInterrupt:
+        interrupted, status = True, "KILLED"
+        print("interrupted: the sweep's report was not finished", file=sys.stderr, flush=True)
+    except Exception as exc:
+        if client is None:  # the store cannot be reached
+            _cannot_close(uri, parent, sweep_dir, status, exc)
+            return False, False
+        print(f"warning: no sweep report: {tr.error_text(exc)}", file=sys.stderr)
+    try:
+        if client is None:  # stopped while connecting
+            client = tr.connect(uri, timeout)
         try:
             with stop.uninterrupted_write():
                 client.set_terminated(parent, status=status)
@@ -492,27 +499,26 @@ def _close_parent(
             interrupted, status = True, "KILLED"
             with stop.uninterrupted_write():
                 client.set_terminated(parent, status=status)
-    except KeyboardInterrupt:  # while connecting: the parent is closed by the next sweep
-        print(
-            f"interrupted before the sweep's parent run {parent} was closed; the next sweep on "
-            f"tracking.uri={shown!r} closes it as interrupted",
-            file=sys.stderr,
-        )
-        return False, True
     except Exception as exc:
-        where = str(exc)
-        if not isinstance(exc, TrackingError):
-            where = f"tracking.uri={shown!r}: {tr.error_text(exc)}"
-        print(
-            f"error: the sweep's parent run {parent} could not be closed as {status} "
-            f"({where}). The jobs' results are in "
-            f"{sweep_dir / 'summary.csv'}. Once the store works again, running the same "
-            "command closes that run as interrupted and runs the failed jobs again.",
-            file=sys.stderr,
-            flush=True,
-        )
+        _cannot_close(uri, parent, sweep_dir, status, exc)
         return False, interrupted
     return True, interrupted
+
+
+def _cannot_close(uri: str, parent: str, sweep_dir: Path, status: str, exc: Exception) -> None:
+    from bpexp import tracking as tr
+
+    where = str(exc)
+    if not isinstance(exc, TrackingError):
+        where = f"tracking.uri={tr.redact(uri)!r}: {tr.error_text(exc)}"
+    print(
+        f"error: the sweep's parent run {parent} could not be closed as {status} ({where}). "
+        f"The jobs' results are in {sweep_dir / 'summary.csv'}. Once the store works again, "
+        "running the same command closes that run as interrupted and runs the failed jobs "
+        "again.",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _log_protocol(client, parent: str, folder: Path) -> None:

@@ -566,3 +566,45 @@ def test_a_store_failing_mid_sweep_names_the_failed_jobs_and_the_parent(tmp_path
         stop_group(proc)
         if server is not None:
             stop_group(server)
+
+
+def wait_for_output(proc: subprocess.Popen, text: str, seconds: float = 300) -> None:
+    deadline = time.monotonic() + seconds
+    while text not in output(proc):
+        assert proc.poll() is None, output(proc)[-3000:]
+        assert time.monotonic() < deadline, f"{text!r} not printed:\n{output(proc)[-3000:]}"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_ctrl_c_during_the_end_of_sweep_report_kills_the_parent_and_exits_130(
+    tmp_path, store_uri, launcher
+):
+    """Issue 28, defect 7: SIGINT to the process group 0.3 s after `summary:` is printed, while
+    the report is drawn. As for a Ctrl-C at any other moment of a sweep: the summary is kept,
+    the parent run is KILLED, the command exits 130, and no traceback is printed (before: a
+    KeyboardInterrupt traceback and a RUNNING parent; with joblib, exit 0 and FINISHED)."""
+    args = [
+        "-m",
+        "seed=0,1",
+        "trainer.epochs=2",
+        "tracking.plots=false",
+        f"hydra/launcher={launcher}",
+    ]
+    proc = popen_cli([*args, f"tracking.uri={store_uri}"], tmp_path)
+    try:
+        wait_for_output(proc, "summary: ")
+        time.sleep(0.3)
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=120)
+    finally:
+        stop_group(proc)
+    log = output(proc)
+    assert "report: " not in log  # the signal did land during the report
+    assert proc.returncode == 130, log[-3000:]
+    assert "Traceback" not in log, log[-3000:]
+    _, (parent,), children = sweep_runs(store_uri)
+    assert parent.info.status == "KILLED"
+    assert [r.info.status for r in children] == ["FINISHED", "FINISHED"]
+    (summary,) = tmp_path.glob("multirun/*/*/summary.csv")
+    assert list(pd.read_csv(summary)["outcome"]) == ["completed", "completed"]
