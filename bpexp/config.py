@@ -83,8 +83,8 @@ class Config:
 
 
 def register() -> None:
-    """Register the schema, bpexp's sweeper and the ``${bpexp_sweeps:}`` resolver used in
-    ``conf/config.yaml``.
+    """Register the schema, bpexp's sweeper and the ``${bpexp_sweeps:}`` and
+    ``${bpexp_new_folder:}`` resolvers used in ``conf/config.yaml``.
 
     The sweeper lives in the ``hydra_plugins`` namespace as Hydra requires, but Hydra's plugin
     scan does not see it under an editable install (``pip install -e .``), so it is registered
@@ -102,6 +102,24 @@ def register() -> None:
     ConfigStore.instance().store(name="bpexp_schema", node=schema)
     Plugins.instance().register(BpexpSweeper)
     OmegaConf.register_new_resolver("bpexp_sweeps", lambda: SWEEPS_DIR.as_posix(), replace=True)
+    # Cached like Hydra's ${now:}: resolved once in the launching process, and the value is
+    # carried with the config to the jobs of every launcher.
+    OmegaConf.register_new_resolver("bpexp_new_folder", new_folder, replace=True, use_cache=True)
+
+
+def new_folder(base: str) -> str:
+    """A folder made now, for this process alone: ``base`` itself, or ``base-2``, ``base-3``...
+    if another process made that one first (``mkdir`` is atomic). Two sweeps started in the
+    same second get ``multirun/<date>/<time>`` and ``multirun/<date>/<time>-2``."""
+    Path(base).parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 10_000):
+        folder = base if n == 1 else f"{base}-{n}"
+        try:
+            Path(folder).mkdir()
+        except FileExistsError:
+            continue
+        return folder
+    raise ConfigError(f"hydra.sweep.dir: {base}-2 .. {base}-9999 all exist already")
 
 
 def group_options() -> dict[str, list[str]]:

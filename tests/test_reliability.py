@@ -608,3 +608,91 @@ def test_ctrl_c_during_the_end_of_sweep_report_kills_the_parent_and_exits_130(
     assert [r.info.status for r in children] == ["FINISHED", "FINISHED"]
     (summary,) = tmp_path.glob("multirun/*/*/summary.csv")
     assert list(pd.read_csv(summary)["outcome"]) == ["completed", "completed"]
+
+
+def sweep_folder(proc: subprocess.Popen) -> Path:
+    (line,) = [x for x in output(proc).splitlines() if "outputs in " in x]
+    return Path(line.split("outputs in ", 1)[1])
+
+
+def test_two_sweeps_started_in_the_same_second_get_their_own_folders_and_parents(
+    tmp_path, store_uri
+):
+    """Issue 28, defect 3: two commands started together (here they pick their folder in the
+    same second, which the test checks) each get a sweep folder and a parent run of their own;
+    neither hangs its runs on the other's parent or overwrites its results."""
+    sweeps = {"0.1,0.5": [0.1, 0.5], "1,2": [1.0, 2.0]}
+    same_second = False
+    for _ in range(3):  # until the two picked their folder in the same second
+        procs = {
+            lrs: popen_cli(
+                ["-m", f"optimizer.lr={lrs}", "trainer.epochs=2", "tracking.plots=false"]
+                + [f"tracking.uri={store_uri}"],
+                tmp_path,
+            )
+            for lrs in sweeps
+        }
+        try:
+            for proc in procs.values():
+                proc.wait(timeout=300)
+        finally:
+            for proc in procs.values():
+                stop_group(proc)
+        for proc in procs.values():
+            assert proc.returncode == 0, output(proc)[-3000:]
+            assert "Traceback" not in output(proc)
+        folders = {lrs: sweep_folder(proc) for lrs, proc in procs.items()}
+        assert len(set(folders.values())) == 2, folders
+        for lrs, folder in folders.items():
+            table = pd.read_csv(folder / "summary.csv")
+            assert list(table["outcome"]) == ["completed", "completed"]
+            assert [float(o.split()[0].split("=")[1]) for o in table["overrides"]] == sweeps[lrs]
+        names = [f.name for f in folders.values()]
+        same_second = names[0][:8] == names[1][:8]  # HH-MM-SS
+        if same_second:
+            break
+    assert same_second, f"the two commands never started in the same second: {folders}"
+    print(f"same second: {sorted(names)}")
+    client, parents, children = sweep_runs(store_uri)
+    for lrs, folder in folders.items():
+        parent = (folder / "parent_run_id").read_text()
+        (run,) = [p for p in parents if p.info.run_id == parent]
+        assert run.info.status == "FINISHED"
+        mine = [c for c in children if c.data.tags["mlflow.parentRunId"] == parent]
+        lr_of = [float(c.data.params["optimizer.lr"]) for c in mine]
+        assert sorted(lr_of) == sweeps[lrs]
+
+
+def test_a_sweep_folder_in_use_is_refused_and_an_ended_ones_state_is_not_inherited(
+    tmp_path, store_uri
+):
+    """The same hydra.sweep.dir given twice: while the first sweep runs, the second command is
+    refused (exit 2, before any job); once it ended, a new sweep there gets a parent run of its
+    own, and the earlier sweep's results are moved to earlier/, not summed up again."""
+    folder = tmp_path / "shared-folder"
+    common = [f"hydra.sweep.dir={folder}", "tracking.plots=false", f"tracking.uri={store_uri}"]
+    first = popen_cli(["-m", "trainer.epochs=2,3000", *common], tmp_path)
+    try:
+        wait_for_training_runs(store_uri, 1, first, epochs="3000")
+        second = run_cli(["-m", "seed=5,6", "trainer.epochs=1", *common], tmp_path)
+        assert second.returncode == 2, second.stderr[-3000:]
+        assert f"sweep folder {folder} is in use by another sweep" in second.stderr
+        assert "epoch" not in second.stdout
+        os.killpg(first.pid, signal.SIGINT)
+        first.wait(timeout=120)
+    finally:
+        stop_group(first)
+    assert first.returncode == 130, output(first)[-3000:]
+    first_parent = (folder / "parent_run_id").read_text()
+    third = run_cli(["-m", "seed=5,6", "trainer.epochs=1", *common], tmp_path)
+    assert third.returncode == 0, third.stderr[-3000:]
+    table = pd.read_csv(folder / "summary.csv")
+    assert list(table["overrides"].str.split().str[0]) == ["seed=5", "seed=6"]
+    third_parent = (folder / "parent_run_id").read_text()
+    assert third_parent != first_parent
+    (earlier,) = (folder / "earlier").iterdir()
+    assert (earlier / "parent_run_id").read_text() == first_parent
+    assert len(list((earlier / "results").glob("*.json"))) == 2
+    client = MlflowClient(tracking_uri=store_uri)
+    assert client.get_run(first_parent).info.status == "KILLED"
+    assert client.get_run(third_parent).info.status == "FINISHED"
