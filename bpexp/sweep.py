@@ -327,6 +327,9 @@ def _run_job(cfg: DictConfig, result: jobs.JobResult) -> None:
             print(f"error: job {result.job}: the store failed: {result.error}", file=sys.stderr)
         else:  # a bug or the machine (memory): the traceback is in the run's traceback.txt too
             traceback.print_exc()
+    finally:
+        if uri and "bpexp.tracking" in sys.modules:
+            sys.modules["bpexp.tracking"].release_all_claims(uri)
     result.write(sweep_dir)
 
 

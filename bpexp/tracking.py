@@ -32,6 +32,7 @@ import traceback
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -361,6 +362,7 @@ class RunLogger:
         self.end_tags: dict[str, str] = {}
         # Every point also goes to the run's history table (history.parquet), for analysis.
         self.rows: list[tuple[str, int, float]] = []
+        self.closed = False  # end_run was called (it closes the run, or says why it cannot)
 
     def __call__(self, record: Record) -> None:
         now = int(time.time() * 1000)
@@ -478,6 +480,7 @@ def end_run(logger: RunLogger, outcome: str, extra_tags: dict[str, str] | None =
     if outcome not in OUTCOMES:
         raise ValueError(f"outcome {outcome!r} not in {OUTCOMES}")
     tags = {"outcome": outcome, **(extra_tags or {})}
+    logger.closed = True
     with stop.uninterrupted_write():  # a stop signal meanwhile is raised once the run is closed
         try:
             logger.flush([RunTag(k, v) for k, v in tags.items()])
@@ -533,8 +536,12 @@ def tracked_run(
     if parent_run_id:
         all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
     param_list = [Param(k, _param_value(v)) for k, v in params.items()]
+    digest = tags.get("bpexp.config_hash")
     logger = None
     try:
+        if digest:  # force=true comes here without finished_run's claim: take it, or wait
+            while not claim(client, experiment_id, digest):
+                time.sleep(CLAIM_POLL_SECONDS)
         # A stop signal while the run is created is raised once it is (then closed KILLED).
         with stop.uninterrupted_write():
             run = client.create_run(experiment_id, tags=all_tags, run_name=run_name)
@@ -542,17 +549,18 @@ def tracked_run(
             for chunk in _chunks(param_list, 100):
                 client.log_batch(run.info.run_id, params=chunk, synchronous=True)
         yield logger
+        end_run(logger, logger.outcome, logger.end_tags)
     except KeyboardInterrupt:
-        if logger is None:
-            raise
-        _close_quietly(logger, "interrupted")
+        if logger is not None and not logger.closed:  # (after end_run: a deferred signal)
+            _close_quietly(logger, "interrupted")
         raise
     except Exception as exc:
-        if logger is None:
-            raise
-        _close_quietly(logger, "failed", traceback.format_exc(), error_text(exc))
+        if logger is not None and not logger.closed:
+            _close_quietly(logger, "failed", traceback.format_exc(), error_text(exc))
         raise
-    end_run(logger, logger.outcome, logger.end_tags)
+    finally:
+        if digest:
+            release_claim(client, experiment_id, digest)  # once the run is closed
 
 
 def _close_quietly(
@@ -588,7 +596,31 @@ def log_files(logger: RunLogger, files: dict[str, bytes]) -> None:
 
 def finished_run(client: MlflowClient, experiment_id: str, digest: str):
     """A run with this config digest whose outcome is final (completed or diverged: divergence
-    is deterministic, a result), or None. Failed and interrupted runs are run again."""
+    is deterministic, a result), or None once this process holds the job's claim and may train
+    it (:func:`claim`; :func:`tracked_run` releases it when the run is closed). While another
+    process holds the claim (a second copy of a running sweep, a duplicate job), this waits for
+    it to end, then takes that run's result, or the claim if the run did not complete. Failed
+    and interrupted runs are run again."""
+    said = False
+    while True:
+        final = _final_run(client, experiment_id, digest)
+        if final is not None:
+            return final
+        if claim(client, experiment_id, digest):
+            return None
+        if not said:
+            holder = client.get_experiment_by_name(claim_name(experiment_id, digest))
+            tags = holder.tags if holder is not None else {}
+            print(
+                f"waiting: process {tags.get('bpexp.pid', '?')} on {tags.get('bpexp.host', '?')}"
+                " trains this exact config; its result is taken when it ends",
+                flush=True,
+            )
+            said = True
+        time.sleep(CLAIM_POLL_SECONDS)
+
+
+def _final_run(client: MlflowClient, experiment_id: str, digest: str):
     runs = client.search_runs(
         [experiment_id], filter_string=f"tags.`bpexp.config_hash` = '{digest}'", max_results=100
     )
@@ -599,3 +631,79 @@ def finished_run(client: MlflowClient, experiment_id: str, digest: str):
         and run.info.status == "FINISHED"  # a run whose status could not be set is not final
     ]
     return final[0] if final else None
+
+
+# ----------------------------------------------------------------------------- claims
+#
+# A job is claimed in the store before it is trained, so that no two processes train the same
+# config at once (two copies of one sweep, on one host or several). The claim is an MLflow
+# experiment named after the config: MLflow creates an experiment name once, atomically, on
+# SQLite and on a server's database alike, which no tag or run can do. It is renamed and
+# deleted when the run is closed (a deleted experiment keeps its name, a renamed one frees
+# it); a claim whose process is gone (same host, kill -9) is taken over.
+
+CLAIM_PREFIX = "bpexp.claim"
+CLAIM_POLL_SECONDS = 1.0
+_claims: dict[str, str] = {}  # claim name -> its experiment id, held by this process
+
+
+def claim_name(experiment_id: str, digest: str) -> str:
+    return f"{CLAIM_PREFIX}.{experiment_id}.{digest}"
+
+
+def claim(client: MlflowClient, experiment_id: str, digest: str) -> bool:
+    """Take the claim on config ``digest`` of experiment ``experiment_id`` for this process;
+    False while another live process holds it. A claim whose process is gone is freed here."""
+    from mlflow.exceptions import MlflowException
+
+    name = claim_name(experiment_id, digest)
+    if name in _claims:
+        return True
+    tags = {**process_tags(), "bpexp.kind": "claim"}
+    try:
+        with stop.uninterrupted_write():
+            _claims[name] = client.create_experiment(name, tags=tags)
+        return True
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    holder = client.get_experiment_by_name(name)
+    if holder is not None and holder.lifecycle_stage == "active" and _process_gone(holder.tags):
+        _free(client, holder.experiment_id)  # its process died: taken over on the next try
+    return False
+
+
+def release_claim(client: MlflowClient, experiment_id: str, digest: str) -> None:
+    """Give back this process's claim on ``digest`` (its run is closed). If the store cannot
+    take it now, the claim stays until this process is gone, then is taken over."""
+    experiment = _claims.pop(claim_name(experiment_id, digest), None)
+    if experiment is not None:
+        try:
+            _free(client, experiment)
+        except Exception as exc:  # the store failed: the run's own error says more
+            print(
+                f"warning: claim of {digest[:12]} not released: {error_text(exc)}", file=sys.stderr
+            )
+
+
+def release_all_claims(uri: str) -> None:
+    """Give back every claim this process still holds (a job that ended between taking its
+    claim and creating its run)."""
+    if _claims:
+        client = MlflowClient(tracking_uri=uri)
+        for name in list(_claims):
+            try:
+                _free(client, _claims.pop(name))
+            except Exception:  # the store failed: freed once this process is gone
+                pass
+
+
+def _free(client: MlflowClient, experiment_id: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        with stop.uninterrupted_write():
+            client.rename_experiment(experiment_id, f"{CLAIM_PREFIX}.released.{uuid.uuid4().hex}")
+            client.delete_experiment(experiment_id)
+    except MlflowException:  # freed meanwhile by another process
+        pass

@@ -12,6 +12,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
@@ -696,3 +697,69 @@ def test_a_sweep_folder_in_use_is_refused_and_an_ended_ones_state_is_not_inherit
     client = MlflowClient(tracking_uri=store_uri)
     assert client.get_run(first_parent).info.status == "KILLED"
     assert client.get_run(third_parent).info.status == "FINISHED"
+
+
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_a_second_copy_of_a_running_sweep_trains_no_job_twice(tmp_path, store_uri, launcher):
+    """Issue 28, defect 4: the same sweep started again while the first copy runs. Each job is
+    claimed in the store before it is trained: the second copy waits for the jobs the first
+    holds and takes their results (skipped), trains only jobs nobody holds, and no config is
+    trained twice (before: 6 completed runs for 3 configs)."""
+    args = ["-m", "seed=0,1,2", "trainer.epochs=100", "tracking.plots=false"]
+    args += [f"hydra/launcher={launcher}", f"tracking.uri={store_uri}"]
+    first = popen_cli(args, tmp_path)
+    second = None
+    try:
+        wait_for_output(first, "outputs in ")
+        second = popen_cli(args, tmp_path)
+        for proc in (first, second):
+            proc.wait(timeout=600)
+    finally:
+        for proc in (first, second):
+            if proc is not None:
+                stop_group(proc)
+    for proc in (first, second):
+        assert proc.returncode == 0, output(proc)[-3000:]
+        assert "Traceback" not in output(proc)
+    client, parents, children = sweep_runs(store_uri)
+    assert len(parents) == 2
+    assert sorted(int(r.data.params["seed"]) for r in children) == [0, 1, 2]  # once each
+    assert {(r.info.status, r.data.tags["outcome"]) for r in children} == {
+        ("FINISHED", "completed")
+    }
+    tables = [pd.read_csv(sweep_folder(p) / "summary.csv") for p in (first, second)]
+    for table in tables:  # each copy reports every job, trained by it or taken from the other
+        assert len(table) == 3 and set(table["run_id"]) == {r.info.run_id for r in children}
+    trained = [set(t.loc[t["outcome"] == "completed", "run_id"]) for t in tables]
+    assert not trained[0] & trained[1] and len(trained[0] | trained[1]) == 3
+    print(f"{launcher}: first copy trained {len(trained[0])}, second {len(trained[1])}")
+    claims = [e.name for e in client.search_experiments() if e.name.startswith("bpexp.claim")]
+    assert claims == []  # every claim was given back
+
+
+@pytest.mark.parametrize("case", ["label 2**40", "label 10**6", "npz header", "layer width"])
+def test_sizes_that_cannot_fit_stop_the_command_with_exit_2_naming_the_key(
+    tmp_path, store_uri, case
+):
+    """Issue 28, defect 6, from the command line: each case crashed with a raw MemoryError
+    (exit 1) or built a 1,000,001-output network; each now stops before any run with exit 2
+    and a message naming the key."""
+    from tests.test_datafiles import npz_claiming
+
+    data = tmp_path / "data.npz"
+    if case.startswith("label"):
+        label = 2**40 if case.endswith("40") else 10**6
+        np.savez(data, X=np.ones((30, 3)), y=np.array([0, 1] * 14 + [1, label], dtype=np.int64))
+        args, key = ["data=file", f"data.path={data}"], "data.path"
+    elif case == "npz header":
+        data.write_bytes(npz_claiming((10**7, 10**5)))
+        args, key = ["data=file", f"data.path={data}"], "data.path"
+    else:
+        args, key = ["network.hidden=[1000000000]"], "network.hidden"
+    out = run_cli([*args, "trainer.epochs=1", f"tracking.uri={store_uri}"], tmp_path)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr and "MemoryError" not in out.stderr
+    assert f"error: {key}" in out.stderr, out.stderr[-3000:]
+    assert "epoch" not in out.stdout
+    client = MlflowClient(tracking_uri=store_uri)
+    assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
