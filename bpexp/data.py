@@ -23,11 +23,14 @@ from typing import NamedTuple
 
 import numpy as np
 
-from bpexp.datafiles import cache_folder, idx_files, load_idx, read_npz
+from bpexp.datafiles import cache_folder, check_size, idx_files, load_idx, read_npz
 from bpexp.errors import ConfigError, bad_value
 from bpexp.rng import stream
 
 DATASETS = ("digits", "mnist", "fashion_mnist", "pixels3x4", "moons", "file")
+# Class labels of a user's file: 0 .. MAX_CLASSES - 1. A label of 10⁶ would otherwise build a
+# network of 1,000,001 outputs, and 2⁴⁰ ask for terabytes of one-hot targets.
+MAX_CLASSES = 10_000
 DTYPES = ("float64", "float32")
 CLASSIFICATION = "classification"
 REGRESSION = "regression"
@@ -360,7 +363,15 @@ def _load_file(request: _Request) -> _Source:
             labels.append(y_test.astype(np.int64))
         if min(part.min() for part in labels) < 0:
             raise problem("has a negative class label; allowed: labels 0, 1, 2, ...")
-        n_classes = int(max(part.max() for part in labels)) + 1
+        top = int(max(part.max() for part in labels))
+        if top >= MAX_CLASSES:
+            raise problem(
+                f"has class label {top}, so {top + 1} classes (one network output each); "
+                f"allowed: labels 0..{MAX_CLASSES - 1} (at most {MAX_CLASSES} classes)"
+            )
+        n_classes = top + 1
+        rows = sum(len(part) for part in labels)
+        check_size(rows * n_classes * 8, f"one-hot targets of {rows} x {n_classes}", problem)
         Y = _one_hot(labels[0], n_classes)
         Y_test = _one_hot(labels[1], n_classes) if has_test else None
         task = CLASSIFICATION

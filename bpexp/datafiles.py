@@ -82,6 +82,44 @@ DOWNLOAD_TIMEOUT_SECONDS = 60
 SYSTEM_FOLDERS = {"fashion_mnist": Path("/usr/share/datasets/fashion-mnist")}
 
 
+# --- sizes: checked before anything is allocated ------------------------------------------
+
+
+def memory_limit() -> int:
+    """The bytes a run can have at most: this machine's memory, or less where a cgroup
+    (``memory.max``) or ``ulimit -v`` says so. Arrays a file or a config asks for are checked
+    against it before they are allocated (:func:`check_size`)."""
+    import resource
+
+    limits = [os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")]
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            limits.append(int(text))
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft not in (resource.RLIM_INFINITY, -1) and soft > 0:
+        limits.append(soft)
+    return min(limits)
+
+
+def gib(n: int) -> str:
+    return f"{n / 2**30:.3g} GiB"
+
+
+def check_size(nbytes: int, what: str, problem: Callable[[str], ConfigError]) -> None:
+    """Refuse, with ``problem(message)`` (which names the config key), ``what`` when its
+    ``nbytes`` exceed :func:`memory_limit`: a clear error instead of a MemoryError later."""
+    limit = memory_limit()
+    if nbytes > limit:
+        raise problem(
+            f"{what} would take {gib(nbytes)}, more than this machine's memory ({gib(limit)}); "
+            "allowed: sizes whose arrays fit in memory"
+        )
+
+
 # --- IDX files: where they are, or their download -----------------------------------------
 
 
@@ -181,33 +219,46 @@ def read_idx(file: Path, ndim: int) -> np.ndarray:
     """Parse an IDX file of unsigned bytes (plain or gzip): an array with the header's dims.
 
     Layout: magic ``00 00 08 <ndim>``, then ``ndim`` big-endian uint32 sizes, then exactly
-    ``prod(sizes)`` bytes of data.
+    ``prod(sizes)`` bytes of data. The header is read first and its sizes checked against the
+    memory there is (:func:`check_size`), so a header claiming more (or a gzip bomb) is refused
+    before anything that large is read.
     """
+
+    def problem(message: str) -> ConfigError:
+        return ConfigError(f"{file}: {message}")
+
     try:
         with open(file, "rb") as raw:
             is_gzip = raw.read(2) == b"\x1f\x8b"
         with (gzip.open if is_gzip else open)(file, "rb") as content:
-            data = content.read()
+            head = content.read(4)
+            if len(head) < 4 or head[:3] != b"\x00\x00\x08" or head[3] != ndim:
+                raise ConfigError(
+                    f"{file}: magic number {head.hex() or 'missing'} is not allowed; allowed: "
+                    f"{bytes([0, 0, 8, ndim]).hex()} (an IDX file of unsigned bytes with {ndim} "
+                    "dims)"
+                )
+            header = content.read(4 * ndim)
+            if len(header) < 4 * ndim:
+                raise ConfigError(
+                    f"{file}: truncated IDX header ({4 + len(header)} bytes, {4 + 4 * ndim} needed)"
+                )
+            sizes = struct.unpack(f">{ndim}I", header)
+            expected = math.prod(sizes)
+            check_size(expected, f"an IDX array of shape {sizes}", problem)
+            data = content.read(expected + 1)  # one byte more: a longer file is refused too
     except (OSError, EOFError, zlib.error) as error:
         raise ConfigError(
             f"{file}: cannot be read ({error}); allowed: an IDX file, plain or gzip-compressed"
         ) from error
-    if len(data) < 4 or data[:3] != b"\x00\x00\x08" or data[3] != ndim:
-        raise ConfigError(
-            f"{file}: magic number {data[:4].hex() or 'missing'} is not allowed; allowed: "
-            f"{bytes([0, 0, 8, ndim]).hex()} (an IDX file of unsigned bytes with {ndim} dims)"
-        )
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise ConfigError(f"{file}: truncated IDX header ({len(data)} bytes, {header} needed)")
-    sizes = struct.unpack(f">{ndim}I", data[4:header])
-    expected = header + math.prod(sizes)
     if len(data) != expected:
+        size = 4 + 4 * ndim + len(data)
         raise ConfigError(
-            f"{file}: truncated or corrupt IDX file: its header {sizes} promises {expected} "
-            f"bytes, the file has {len(data)}"
+            f"{file}: truncated or corrupt IDX file: its header {sizes} promises "
+            f"{4 + 4 * ndim + expected} bytes, the file has "
+            + (f"{size}" if len(data) < expected else "more")
         )
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(sizes)
+    return np.frombuffer(data, dtype=np.uint8).reshape(sizes)
 
 
 def load_idx(file: Path, ndim: int, cache: Path) -> np.ndarray:
@@ -271,8 +322,55 @@ def read_npz(file: Path, problem: Callable[[str], ConfigError]) -> dict[str, np.
     if not magic.startswith(b"PK"):
         raise problem(f"is not an .npz archive (no zip header); {allowed}")
     try:
+        shapes = npz_shapes(file, problem)
+        check_size(
+            sum(nbytes for _, _, nbytes in shapes.values()),
+            "its arrays ("
+            + ", ".join(f"{k} {shape} {dtype}" for k, (shape, dtype, _) in shapes.items())
+            + ")",
+            problem,
+        )
         with np.load(file, allow_pickle=False) as archive:
             return {key: archive[key] for key in archive.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
         # Object arrays land here too: bpexp never unpickles.
         raise problem(f"is not a readable .npz archive ({error}); {allowed}") from error
+
+
+def npz_shapes(
+    file: Path, problem: Callable[[str], ConfigError]
+) -> dict[str, tuple[tuple[int, ...], np.dtype, int]]:
+    """``{array: (shape, dtype, bytes)}`` of an ``.npz`` from each member's ``.npy`` header,
+    before any array is read. NumPy allocates the whole array a header claims before reading
+    its data, so a 1 KB file claiming shape (10⁷, 10⁵) would ask for 8 TB: an array whose
+    header claims more bytes than its member holds is refused here."""
+    out = {}
+    with zipfile.ZipFile(file) as archive:
+        for info in archive.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            key = info.filename.removesuffix(".npy")
+            with archive.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                if version not in ((1, 0), (2, 0)):
+                    raise ValueError(f"{info.filename}: .npy format version {version}")
+                read_header = {
+                    (1, 0): np.lib.format.read_array_header_1_0,
+                    (2, 0): np.lib.format.read_array_header_2_0,
+                }[version]
+                shape, _, dtype = read_header(member)
+                start = member.tell()
+            if dtype.hasobject:
+                raise problem(
+                    f"array {key!r} holds Python objects ({dtype}); allowed: an .npz archive "
+                    "of numeric arrays (bpexp never unpickles)"
+                )
+            nbytes = math.prod(shape) * dtype.itemsize
+            if nbytes > info.file_size - start:
+                raise problem(
+                    f"array {key!r}: its header claims shape {shape} of {dtype} "
+                    f"({gib(nbytes)}), but the archive holds {info.file_size - start} bytes "
+                    "of it; allowed: an .npz archive as numpy.savez writes it"
+                )
+            out[key] = (tuple(shape), dtype, nbytes)
+    return out

@@ -20,11 +20,15 @@ import numpy as np
 
 from bpexp.activation import Activation, hidden_activation, output_activation
 from bpexp.cost import Cost
+from bpexp.datafiles import check_size, read_npz
 from bpexp.errors import ConfigError, bad_value
 
 Array = np.ndarray
 
 INITS = ("normal", "scaled_normal", "uniform", "xavier", "he", "file")
+# Arrays of the parameters' size a run holds at least: the weights, the gradient and up to two
+# optimizer buffers (Adam's moments). More than memory holds is refused before allocating.
+PARAMETER_COPIES = 4
 DTYPES = ("float64", "float32")
 
 
@@ -83,6 +87,12 @@ class Network:
 
         shapes = [(n_out, n_in) for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True)]
         total = sum(r * c + r for r, c in shapes)
+        check_size(
+            PARAMETER_COPIES * total * self.dtype.itemsize,
+            f"a network of sizes {list(sizes)} ({total:,} parameters, {PARAMETER_COPIES} "
+            "copies: weights, gradient, optimizer state)",
+            lambda message: ConfigError(f"network.hidden: {message}"),
+        )
         self.params = np.zeros(total, self.dtype)
         self.grad = np.zeros(total, self.dtype)
         self.W, self.b = param_views(self.params, shapes)
@@ -231,11 +241,9 @@ def load_weights(net: Network, path: str | Path | None) -> None:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"network.init_path={str(path)!r}: no such file")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in npz.files}
-    except Exception as exc:  # zipfile.BadZipFile, OSError, ValueError: all mean "not an npz"
-        raise ConfigError(f"network.init_path={str(path)!r} is not a readable .npz: {exc}") from exc
+    arrays = read_npz(  # shapes checked before any array is read; nothing unpickled
+        path, lambda message: ConfigError(f"network.init_path={str(path)!r} {message}")
+    )
     for l, (W, b) in enumerate(zip(net.W, net.b, strict=True), start=1):
         for key, target in ((f"W{l}", W), (f"b{l}", b)):
             if key not in arrays:

@@ -311,3 +311,16 @@ def test_run_from_python_refuses_an_unknown_sweep_too():
 
     with pytest.raises(ConfigError, match="sweep='optimisers'"):
         bpexp.run(["sweep=optimisers", "tracking.enabled=false"])
+
+
+def test_a_layer_too_wide_for_memory_is_refused_naming_the_key(composer):
+    """Issue 28, defect 6: network.hidden=[1000000000] crashed with a raw MemoryError; the
+    network's parameters are checked against the machine's memory before they are allocated."""
+    from bpexp.app import build
+    from bpexp.errors import ConfigError
+
+    with pytest.raises(
+        ConfigError, match=r"network\.hidden: a network of sizes \[64, 1000000000, 10\]"
+    ):
+        build(composer(["network.hidden=[1000000000]"]))
+    assert build(composer(["network.hidden=[300]"])).net.sizes == (64, 300, 10)

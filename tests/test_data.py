@@ -427,3 +427,25 @@ def test_bad_n_samples_and_seed_name_the_key():
         load_dataset("moons", n_samples=0)
     with pytest.raises(ConfigError, match="seed=-1"):
         load_dataset("digits", seed=-1)
+
+
+@pytest.mark.parametrize("label", [10**6, 2**40])
+def test_a_class_label_too_large_is_refused_before_allocating(tmp_path, label):
+    """Issue 28, defect 6: a label of 2⁴⁰ asked for 800 TiB of one-hot targets (MemoryError,
+    exit 1), and one of 10⁶ silently built a 1,000,001-output network. Labels stop at
+    MAX_CLASSES - 1, named in the message with the key."""
+    from bpexp.data import MAX_CLASSES
+
+    path = tmp_path / "big-label.npz"
+    path.write_bytes(npz_bytes(X=np.ones((4, 2)), y=np.array([0, 1, 0, label], dtype=np.int64)))
+    with pytest.raises(ConfigError) as caught:
+        load_dataset("file", path=str(path))
+    message = str(caught.value)
+    assert f"data.path={str(path)!r}" in message
+    assert f"has class label {label}" in message
+    assert f"allowed: labels 0..{MAX_CLASSES - 1}" in message
+    top = MAX_CLASSES - 1  # the largest label allowed still loads
+    path.write_bytes(npz_bytes(X=np.ones((2, 2)), y=np.array([0, top])))
+    assert load_dataset("file", path=str(path), val_fraction=0, test_fraction=0).n_outputs == (
+        MAX_CLASSES
+    )

@@ -388,3 +388,54 @@ def test_real_mnist_gunzipped_loads_to_the_same_arrays(tmp_path):
     npy_a = sorted(p.name for p in (tmp_path / "a").glob("*.npy"))
     npy_b = sorted(p.name for p in (tmp_path / "b").glob("*.npy"))
     assert len(npy_a) == len(npy_b) == 4 and set(npy_a).isdisjoint(npy_b)
+
+
+def npz_claiming(shape: tuple[int, ...], tail: int = 1000) -> bytes:
+    """An .npz whose X.npy header claims ``shape`` (float64) but holds ``tail`` bytes of data,
+    and a y of 4 labels: about 1.3 KB."""
+    import io
+    import zipfile
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f8", "fortran_order": False, "shape": shape}
+    )
+    y = io.BytesIO()
+    np.save(y, np.array([0, 1, 0, 1]))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        archive.writestr("X.npy", header.getvalue() + bytes(tail))
+        archive.writestr("y.npy", y.getvalue())
+    return out.getvalue()
+
+
+def test_an_npz_header_claiming_more_than_the_file_holds_is_refused_before_allocating(tmp_path):
+    """Issue 28, defect 6: a 1.3 KB .npz whose header claims shape (10⁷, 10⁵) made NumPy ask
+    for 7.3 TiB (a raw MemoryError) as data.path. The headers are read first: as data.path and
+    as network.init_path it is refused naming the key, with nothing large allocated."""
+    from bpexp.network import Network, load_weights
+
+    path = tmp_path / "claims.npz"
+    path.write_bytes(npz_claiming((10**7, 10**5)))
+    assert path.stat().st_size < 2000
+    with pytest.raises(ConfigError) as caught:
+        load_dataset("file", path=str(path))
+    message = str(caught.value)
+    assert f"data.path={str(path)!r}" in message
+    assert "array 'X': its header claims shape (10000000, 100000) of float64" in message
+    with pytest.raises(ConfigError, match="network.init_path=.*its header claims shape"):
+        load_weights(Network([2, 2]), path)
+
+
+def test_an_idx_header_claiming_more_than_memory_is_refused_before_reading(tmp_path):
+    """An IDX header is read before its data: sizes claiming more than this machine's memory
+    (here 2⁶² bytes, in a 16-byte file, or gzipped as a bomb would be) are refused at once."""
+    header = bytes([0, 0, 8, 3]) + b"".join(n.to_bytes(4, "big") for n in (2**30, 2**16, 2**16))
+    plain = tmp_path / "huge-idx3-ubyte"
+    plain.write_bytes(header)
+    packed = tmp_path / "huge-idx3-ubyte.gz"
+    packed.write_bytes(gzip.compress(header + bytes(10_000)))
+    for file in (plain, packed):
+        with pytest.raises(ConfigError, match="more than this machine's memory") as caught:
+            read_idx(file, 3)
+        assert str(file) in str(caught.value)
