@@ -13,7 +13,8 @@ stopped by its pid:
 
 Every file (slurm.conf, slurmdbd.conf, the state, spool, log and pid files, the database)
 is in one temporary folder; :meth:`Cluster.stop` cancels the cluster's jobs and stops every
-process it started, by pid, last started first. ``python -m tests.slurm_cluster FOLDER``
+process it started, by pid, last started first. A test process killed before it could do so
+takes its daemons with it (each gets a signal when its parent ends: PR_SET_PDEATHSIG). ``python -m tests.slurm_cluster FOLDER``
 starts one by hand and prints the environment to use it (docs/scale-out.md).
 
 The session-scoped fixture :func:`slurm_cluster` gives one to the tests that ask for it, and
@@ -22,6 +23,7 @@ skips them with the reason when the packages are missing or the tests do not run
 
 from __future__ import annotations
 
+import ctypes
 import os
 import pwd
 import shutil
@@ -194,6 +196,8 @@ class Cluster:
 
     def _start(self, name: str, args: list[str], **kw) -> subprocess.Popen:
         out = open(self.folder / f"{name}.out", "ab")  # noqa: SIM115 - the process keeps it
+        # slurmd does not always take SIGTERM (not while it retries to register)
+        on_orphan = signal.SIGKILL if name == "slurmd" else signal.SIGTERM
         proc = subprocess.Popen(
             args,
             env=self.env(),
@@ -201,6 +205,7 @@ class Cluster:
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # a Ctrl-C of the test does not reach the daemons
+            preexec_fn=lambda: _die_with_parent(on_orphan),
             **kw,
         )
         out.close()
@@ -250,6 +255,16 @@ class Cluster:
         self.processes.clear()
         if self.munge_dir is not None:
             shutil.rmtree(self.munge_dir, ignore_errors=True)
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(signum: int) -> None:
+    """In a daemon just forked: get ``signum`` when the test process ends, even killed (a
+    killed pytest runs no fixture teardown; its daemons would otherwise outlive it)."""
+    _LIBC.prctl(PR_SET_PDEATHSIG, int(signum), 0, 0, 0)
 
 
 def _start_munge(cluster: Cluster) -> None:
