@@ -157,22 +157,24 @@ def _record_store(sweep_dir: Path, uri: str) -> None:
     path = _sqlite_path(uri)
     if path is not None:
         info = path.stat()
-        (sweep_dir / STORE_FILE).write_text(f"{info.st_dev}:{info.st_ino}\n")
+        (sweep_dir / STORE_FILE).write_text(f"{info.st_dev}:{info.st_ino} {path}\n")
 
 
 def store_changed(sweep_dir: Path, uri: str) -> str | None:
-    """For a SQLite store: "deleted" or "replaced" when its file is no longer the one the sweep
-    started with (runs written meanwhile through open connections went nowhere), else None."""
+    """For the sweep's SQLite store: "deleted" or "replaced" when its file is no longer the one
+    the sweep started with (runs written meanwhile through open connections went nowhere),
+    else None. (The file's path is the one this process derives from ``uri``.)"""
     path = _sqlite_path(uri)
     if path is None or not (sweep_dir / STORE_FILE).exists():
+        return None
+    identity, _, recorded = (sweep_dir / STORE_FILE).read_text().strip().partition(" ")
+    if recorded != str(path):  # a job of this sweep logging to another store
         return None
     try:
         info = path.stat()
     except FileNotFoundError:
         return "deleted"
-    if (sweep_dir / STORE_FILE).read_text().strip() != f"{info.st_dev}:{info.st_ino}":
-        return "replaced"
-    return None
+    return "replaced" if identity != f"{info.st_dev}:{info.st_ino}" else None
 
 
 def _store_gone_message(uri: str, change: str) -> str:
