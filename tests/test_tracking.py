@@ -77,6 +77,20 @@ LOGGED_PARAMS = {
     "trainer.sharpness_every": "15",
     "trainer.sharpness_iterations": "20",
     "trainer.shuffle": "True",
+    "trainer.alpha_every": "0",
+    "trainer.checkpoint_every": "10",
+    "trainer.gradient_tests_every": "1",
+    "trainer.spectrum_every": "0",
+    "trainer.spectrum_probes": "4",
+    "trainer.spectrum_sigma": "0.02",
+    "trainer.spectrum_steps": "30",
+    "trainer.top_k": "5",
+    "trainer.top_k_every": "0",
+    "trainer.top_k_iterations": "40",
+    "trainer.trace_every": "0",
+    "trainer.trace_hvps": "30",
+    "workload.name": "",
+    "workload.target": "null",
 }
 
 
@@ -108,7 +122,7 @@ def test_run_holds_name_params_tags_metrics_and_artifacts(store_uri, tmp_path):
     assert run.data.params == {**LOGGED_PARAMS, "tracking.uri": store_uri}
     tags = run.data.tags
     assert tags["bpexp.config_hash"] == (
-        "7c2c5bfe834b2d7fa6213dd49fee80bcddacb0eb1502ef429b325b6ad3f3679a"
+        "b29130a74dff2cc5434672b46856a7d16975a69193cf9bab3886c4e4bbbe1cdd"
     )
     assert tags["outcome"] == "completed" and tags["optimizer"] == "nesterov"
     assert tags["bpexp.version"] == bpexp.__version__ and tags["numpy.version"] == np.__version__
@@ -136,6 +150,7 @@ def test_run_holds_name_params_tags_metrics_and_artifacts(store_uri, tmp_path):
         "plots/loss.png",
         "plots/grad_norm.png",
         "plots/saturation.png",
+        "plots/cockpit.png",  # no spectrum.png: trainer.spectrum_every=0
     }
 
     folder = Path(client.download_artifacts(run.info.run_id, "", str(tmp_path / "dl")))
