@@ -248,9 +248,10 @@ def load(client: MlflowClient, parent: str, folder: Path | None = None) -> Sweep
                     client.download_artifacts(parent, name, tmp)
                 except (MlflowException, OSError):
                     pass
-        if not (folder / "summary.csv").exists():
-            raise ValueError(f"parent run {parent} has no summary.csv: its sweep never ended")
-        summary = pd.read_csv(folder / "summary.csv", dtype={"arm": str, "stage": str})
+        if (folder / "summary.csv").exists():
+            summary = pd.read_csv(folder / "summary.csv", dtype={"arm": str, "stage": str})
+        else:  # a sweep killed before its end: its children, with the arms they were tagged
+            summary = _children(client, parent)
         plan_file = folder / "protocol" / "protocol.json"
         plan = json.loads(plan_file.read_text()) if plan_file.exists() else {}
         protocol = proto.Protocol.from_dict(plan["protocol"]) if plan else None
@@ -275,6 +276,25 @@ def load(client: MlflowClient, parent: str, folder: Path | None = None) -> Sweep
     if "bpexp.sweep_dir" in run.data.tags:
         notes.append(f"sweep folder: `{run.data.tags['bpexp.sweep_dir']}`")
     return Sweep(name, parent, notes, runs, history, protocol, final, plan)
+
+
+def _children(client: MlflowClient, parent: str) -> pd.DataFrame:
+    """The parent's child runs as summary rows (``run_id, arm, stage``) from their tags."""
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+    experiment_id = client.get_run(parent).info.experiment_id
+    found = client.search_runs(
+        [experiment_id], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent}'", max_results=10000
+    )
+    rows = [
+        {
+            "run_id": run.info.run_id,
+            "arm": run.data.tags.get("bpexp.arm", ""),
+            "stage": run.data.tags.get("bpexp.stage", ""),
+        }
+        for run in found
+    ]
+    return pd.DataFrame(rows, columns=["run_id", "arm", "stage"])
 
 
 def _yardstick(runs: pd.DataFrame) -> str:

@@ -17,7 +17,7 @@ from tests.conftest import tiny_optimizers_sweep
 
 # Two-sided 95% Student t quantiles from a printed table (df 1, 2, 29).
 T95 = {1: 12.7062, 2: 4.3027, 29: 2.0452}
-ARMS = {"sgd", "momentum/classical", "nesterov"}
+ARMS = {"sgd", "momentum", "nesterov"}  # the sweeper's arms (tag bpexp.arm)
 
 
 @pytest.fixture(scope="module")

@@ -83,8 +83,8 @@ MUTANTS = {
     ),
     "failed-runs-skipped": (
         "bpexp/tracking.py",
-        'run.data.tags.get("outcome") in ("completed", "diverged")',
-        'run.data.tags.get("outcome") in ("completed", "diverged", "failed")',
+        'in ("completed", "diverged")\n        and run.info.status == "FINISHED"',
+        'in ("completed", "diverged", "failed")\n        or run.info.status == "FAILED"',
         [
             "tests/test_sweep_guarantees.py::test_rerun_skips_diverged_jobs_and_runs_failed_ones_again"
         ],
