@@ -163,9 +163,9 @@ def test_compare_matches_a_hand_computation(frame, hist):
     assert len(table) == 3 and set(table["arm"]) == ARMS
     hand = {name: _by_hand(frame, name) for name in ("sgd", "momentum", "nesterov")}
     assert list(table["val/loss_mean"]) == sorted(table["val/loss_mean"])  # best arm first
-    best = table["optimizer.name"].iloc[0]
+    best = table["arm"].iloc[0]  # the arms are the optimizers here
     for _, row in table.iterrows():
-        h = hand[row["optimizer.name"]]
+        h = hand[row["arm"]]
         assert row["optimizer.lr"] == h["lr"]
         assert row["seeds"] == 2 and row["runs"] == 4
         assert row["diverged"] == 0 and row["failed"] == 0
@@ -180,7 +180,7 @@ def test_compare_matches_a_hand_computation(frame, hist):
         d = h["loss"] - hand[best]["loss"]
         assert row["paired_seeds"] == 2
         assert row["diff_vs_best_mean"] == pytest.approx(d.mean(), abs=1e-12)
-        if row["optimizer.name"] != best:
+        if row["arm"] != best:
             ci = T95[1] * d.std(ddof=1) / np.sqrt(2)
             assert row["diff_vs_best_ci95"] == pytest.approx(ci, rel=1e-4)
 
