@@ -155,9 +155,9 @@ def display_table(
 
 def markdown_table(frame: pd.DataFrame) -> str:
     """A GitHub-flavoured Markdown table of ``frame`` (all cells as text)."""
-    cells = frame.astype(str).map(lambda c: c.replace("|", "\\|"))
+    cells = frame.astype(str).map(lambda c: _md_inert(c).replace("|", "\\|"))
     lines = [
-        "| " + " | ".join(frame.columns) + " |",
+        "| " + " | ".join(_md_inert(c) for c in frame.columns) + " |",
         "|" + "|".join("---" for _ in frame.columns) + "|",
     ]
     lines += ["| " + " | ".join(row) + " |" for row in cells.itertuples(index=False)]
@@ -236,6 +236,19 @@ def safe_name(text: str) -> str:
     return re.sub(r"[^\w.-]+", "_", text).strip("._")[:80] or "sweep"
 
 
+def shown(text: object) -> str:
+    """A value read from the store (a tag, a run name) as inert text for the page: one line,
+    and none of the characters that make Markdown a link, an image, code or HTML (a tag is
+    anyone's to set: ``![a](../../etc/hostname)`` must stay text)."""
+    return re.sub(r"[^\w .:=+,/@-]", "_", str(text))[:200]
+
+
+def _md_inert(text: object) -> str:
+    """A line of the report (an arm, a cell, a note) as Markdown that cannot become a link,
+    an image or HTML: ``](`` and ``<`` are escaped; code spans and bold are kept."""
+    return str(text).replace("](", "]\\(").replace("<", "\\<").replace("\n", " ")
+
+
 def load(client: MlflowClient, parent: str, folder: Path | None = None) -> Sweep:
     """The sweep of parent run ``parent``: what the sweeper wrote (``summary.csv`` and
     ``protocol/``), from the sweep ``folder`` or else from the parent's artifacts, and its
@@ -266,15 +279,17 @@ def load(client: MlflowClient, parent: str, folder: Path | None = None) -> Sweep
     runs["arm"] = runs["run_id"].map(decided["arm"]).fillna("all").replace("", "all")
     runs["stage"] = runs["run_id"].map(decided["stage"]).replace("", None)
     history = analysis.history(runs, params=(), client=client) if len(runs) else runs
+    from bpexp.tracking import redact
+
     run = client.get_run(parent)
-    name = run.data.tags.get("sweep", "sweep")
+    name = shown(run.data.tags.get("sweep", "sweep"))
     started = pd.to_datetime(run.info.start_time, unit="ms").strftime("%Y-%m-%d %H:%M:%S")
     notes = [
-        f"parent run `{parent}` ({run.info.run_name}), started {started} UTC",
-        f"store: `{client.tracking_uri}`",
+        f"parent run `{shown(parent)}` ({shown(run.info.run_name)}), started {started} UTC",
+        f"store: `{shown(redact(client.tracking_uri))}`",
     ]
     if "bpexp.sweep_dir" in run.data.tags:
-        notes.append(f"sweep folder: `{run.data.tags['bpexp.sweep_dir']}`")
+        notes.append(f"sweep folder: `{shown(run.data.tags['bpexp.sweep_dir'])}`")
     return Sweep(name, parent, notes, runs, history, protocol, final, plan)
 
 
@@ -502,7 +517,7 @@ def write(
     it) or ``comparison.csv`` (a grid's), and ``runs.csv``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    ctx, table, shown, lines = answer(sweep, target_loss, target_accuracy)
+    ctx, table, shown_table, lines = answer(sweep, target_loss, target_accuracy)
     table.to_csv(out / ("final_table.csv" if ctx.protocol else "comparison.csv"), index=False)
     sweep.runs.to_csv(out / "runs.csv", index=False)
     counts = sweep.runs["outcome"].value_counts().to_dict()
@@ -554,13 +569,22 @@ def write(
         "parts": parts,
     }
     index = out / "index.md"
+    md_page = page | {
+        "title": _md_inert(page["title"]),
+        "notes": [_md_inert(n) for n in notes],
+        "verdict": _md_inert(page["verdict"]),
+        "parts": [
+            {"title": _md_inert(p.title), "file": p.file, "text": [_md_inert(t) for t in p.text]}
+            for p in parts
+        ],
+    }
     index.write_text(
         _environment.from_string(MARKDOWN).render(
-            **page, table_md=markdown_table(shown), files=files
+            **md_page, table_md=markdown_table(shown_table), files=files
         )
     )
     table_html = _html_environment.filters["table"](
-        {"head": list(shown.columns), "rows": shown.astype(str).to_numpy().tolist()}
+        {"head": list(shown_table.columns), "rows": shown_table.astype(str).to_numpy().tolist()}
     )
     html_parts = [{"title": p.title, "file": p.file, "blocks": _blocks(p.text)} for p in parts]
     (out / "index.html").write_text(

@@ -4,6 +4,7 @@ sweeps, runs left RUNNING by a dead process, read-only and full disks, a Postgre
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -763,3 +764,47 @@ def test_sizes_that_cannot_fit_stop_the_command_with_exit_2_naming_the_key(
     assert "epoch" not in out.stdout
     client = MlflowClient(tracking_uri=store_uri)
     assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
+
+
+HOSTILE_SWEEP_TAG = "x\n![a](../../../../../../../../../etc/hostname)\ny"
+
+
+def test_a_hostile_sweep_tag_makes_the_report_read_or_create_nothing_outside_it(tmp_path):
+    """Issue 28, defect 8: anyone who can set a tag on a shared store set the parent's `sweep`
+    tag to the value above. `python -m bpexp.report` then made a folder under /etc/ and
+    embedded /etc/hostname in index.html, which it logged to the run. No value read from the
+    store may become a path or a file read: the folder name is sanitised into a fixed
+    alphabet, only the report's own PNGs are embedded, and the name is shown as inert text."""
+    import base64
+
+    work = tmp_path / "work"
+    work.mkdir()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    swept = run_cli(["-m", "seed=0,1", "trainer.epochs=1", f"tracking.uri={uri}"], work)
+    assert swept.returncode == 0, swept.stderr[-3000:]
+    client, (parent,), _ = sweep_runs(uri)
+    client.set_tag(parent.info.run_id, "sweep", HOSTILE_SWEEP_TAG)
+    etc_before = set(os.listdir("/etc"))
+    tree_before = {p for p in tmp_path.rglob("*") if p.is_dir()}
+
+    out = run_cli(["--tracking-uri", uri], work, module="bpexp.report")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert set(os.listdir("/etc")) == etc_before  # no folder made under /etc/
+    made = {p for p in tmp_path.rglob("*") if p.is_dir()} - tree_before
+    (folder,) = [p for p in made if p.parent == work / "reports"]
+    assert made <= {work / "reports", folder, *folder.rglob("*")}, made
+    assert re.fullmatch(r"[\w.-]+", folder.name) and folder.name.startswith("x_")
+    assert folder.name.endswith(f"-{parent.info.run_id[:8]}")
+
+    secret = Path("/etc/hostname").read_bytes()
+    logged = Path(client.download_artifacts(parent.info.run_id, "report", str(tmp_path / "dl")))
+    for page in (folder / "index.html", logged / "index.html"):
+        html = page.read_text()
+        assert base64.b64encode(secret).decode() not in html
+        sources = [s.split('"', 1)[0] for s in html.split('src="')[1:]]
+        assert sources and all(s.startswith("data:image/png;base64,") for s in sources)
+        assert "href=" not in html and "<img" not in html.replace('<img alt="', "")
+    for page in (folder / "index.md", logged / "index.md"):
+        links = [link.split(")")[0] for link in page.read_text().split("](")[1:]]
+        assert links and all(re.fullmatch(r"[\w.-]+\.png", link) for link in links), links
+        assert all((folder / link).is_file() for link in links)
