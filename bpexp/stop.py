@@ -23,12 +23,14 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 STOP_FILE = ".stopping"  # in the sweep folder once the launching process got a stop signal
+LAUNCHER_POLL_SECONDS = 1.0  # how often a job process looks whether its launcher is alive
 
 
 class Terminated(KeyboardInterrupt):
@@ -45,6 +47,7 @@ class _State:
     signum: int = 0  # the first stop signal this process got; 0 before
     write_depth: int = 0  # store writes in progress (they nest)
     deferred: type[BaseException] | None = None  # what to raise once the writes are done
+    watching: bool = False  # a thread ends this job process when its launcher is gone
 
 
 _state = _State()
@@ -232,6 +235,37 @@ def _handle_signals_in_job_process() -> None:
         # Blocked in submitit's processes (see _keep_sigint_from_launched_processes); one
         # that came meanwhile is delivered now, and the job does not start.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+def watch_launcher(pid: int, start: str) -> None:
+    """In a job process (a joblib worker, a submitit task): once the launching process ``pid``
+    (started at ``start``, see :func:`process_start`) is gone (kill -9, a crash), end this one
+    too, rather than live on as an orphan. A job in progress is stopped first as by SIGTERM,
+    so its run is closed KILLED with its points. Started once per process."""
+    if _state.launching or _state.watching or pid == os.getpid():
+        return
+    _state.watching = True
+
+    def gone() -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return bool(start) and process_start(pid) not in ("", start)
+
+    def watch() -> None:
+        while not gone():
+            time.sleep(LAUNCHER_POLL_SECONDS)
+        if _state.in_job:
+            os.kill(os.getpid(), signal.SIGTERM)  # the job closes its run, then returns
+            deadline = time.monotonic() + 120
+            while _state.in_job and time.monotonic() < deadline:
+                time.sleep(0.1)
+        os._exit(128 + signal.SIGTERM)
+
+    threading.Thread(target=watch, name="bpexp-launcher-watch", daemon=True).start()
 
 
 @contextmanager

@@ -261,6 +261,9 @@ def run_job(cfg: DictConfig) -> jobs.JobResult:
         stage=plan.stage,
         process=os.getpid(),
     )
+    launcher = launcher_tags(sweep_dir)
+    if launcher:  # a job process outlives no launcher (kill -9 of python -m bpexp)
+        stop.watch_launcher(int(launcher["bpexp.pid"]), launcher["bpexp.pid_start"])
     with stop.job():
         if stop.sweep_stopping(sweep_dir):
             result.outcome = "interrupted"  # the sweep is stopping: this job does not start

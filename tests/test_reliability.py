@@ -808,3 +808,30 @@ def test_a_hostile_sweep_tag_makes_the_report_read_or_create_nothing_outside_it(
         links = [link.split(")")[0] for link in page.read_text().split("](")[1:]]
         assert links and all(re.fullmatch(r"[\w.-]+\.png", link) for link in links), links
         assert all((folder / link).is_file() for link in links)
+
+
+def test_joblib_workers_of_a_killed_launcher_close_their_runs_and_exit(tmp_path, store_uri):
+    """Issue 28 ("also weak"): kill -9 of a joblib sweep's launching process alone left its
+    workers alive as orphans, ignoring SIGTERM, their runs RUNNING. A job process watches its
+    launcher: once it is gone, the job in progress closes its run KILLED and the process
+    exits."""
+    args = [*LONG_SWEEP, "hydra/launcher=joblib", "tracking.plots=false"]
+    proc = popen_cli([*args, f"tracking.uri={store_uri}"], tmp_path)
+    try:
+        training = wait_for_training_runs(store_uri, 2, proc)
+        client = MlflowClient(tracking_uri=store_uri)
+        workers = {int(client.get_run(r).data.tags["bpexp.pid"]) for r in training}
+        assert proc.pid not in workers and len(workers) == 2
+        os.kill(proc.pid, signal.SIGKILL)  # the launcher alone, as a crash would
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and any(Path(f"/proc/{w}").exists() for w in workers):
+            time.sleep(0.5)
+        alive = [w for w in workers if Path(f"/proc/{w}").exists()]
+        assert not alive, f"workers {alive} outlived their launcher by 120 s"
+    finally:
+        stop_group(proc)
+    for run_id in training:
+        run = client.get_run(run_id)
+        assert run.info.status == "KILLED" and run.data.tags["outcome"] == "interrupted"
+        assert len(client.get_metric_history(run_id, "train/loss")) >= 1
