@@ -15,7 +15,8 @@ Every file (slurm.conf, slurmdbd.conf, the state, spool, log and pid files, the 
 is in one temporary folder; :meth:`Cluster.stop` cancels the cluster's jobs and stops every
 process it started, by pid, last started first. A test process killed before it could do so
 takes its daemons with it (each gets a signal when its parent ends: PR_SET_PDEATHSIG).
-``python -m tests.slurm_cluster FOLDER`` starts one by hand and prints the environment to use it (docs/scale-out.md).
+``python -m tests.slurm_cluster FOLDER`` starts one by hand and prints the environment to use
+it (docs/scale-out.md).
 
 The session-scoped fixture :func:`slurm_cluster` gives one to the tests that ask for it, and
 skips them with the reason when the packages are missing or the tests do not run as root.
