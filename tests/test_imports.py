@@ -12,7 +12,7 @@ from pathlib import Path
 from tests.conftest import ROOT, cli_env
 
 CORE = ("activation", "cost", "network", "optimizer", "instruments", "curvature", "trainer")
-CORE += ("data", "rng", "errors", "gradcheck")
+CORE += ("data", "rng", "errors", "gradcheck", "checkpoint")
 SHELL_LIBRARIES = ("hydra", "omegaconf", "mlflow", "pandas", "matplotlib")
 
 
