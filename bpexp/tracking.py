@@ -78,14 +78,16 @@ def redact(uri: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
-def connect(uri: str, timeout: float = 10.0) -> MlflowClient:
+def connect(uri: str, timeout: float = 10.0, create: bool = True) -> MlflowClient:
     """A client for ``uri``, checked to answer within ``timeout`` seconds and to take writes.
 
     An HTTP server is probed at ``/health`` first, so a server that is down or a wrong address
     fails here with a clear message instead of hanging in the client's retries. A SQLite store
     must be a database MLflow can open and write (a damaged file, a read-only file or folder
     fail here, before training). Every error is a :class:`TrackingError` naming the store and
-    what to do; a password in the URI is refused and never printed.
+    what to do; a password in the URI is refused and never printed. ``create=False`` (a
+    reader, such as the report) refuses a SQLite store that does not exist instead of making
+    an empty one.
     """
     shown = redact(uri)
     if urllib.parse.urlsplit(uri).password is not None:
@@ -114,6 +116,11 @@ def connect(uri: str, timeout: float = 10.0) -> MlflowClient:
                 f"tracking.uri={shown!r}: folder {str(path.parent)!r} does not exist"
             )
         check_sqlite_file(uri, path)
+        if not create and not path.exists():
+            raise TrackingError(
+                f"tracking.uri={shown!r}: there is no store at {str(path)!r}; run from the "
+                "folder that holds it, or name it with --tracking-uri / MLFLOW_TRACKING_URI"
+            )
         create_sqlite_store(uri, timeout)
         check_writable(uri, path)
         _forget_connections_to_a_former_file(uri, path)

@@ -527,3 +527,14 @@ def test_a_password_in_the_tracking_uri_is_refused_and_never_printed(tmp_path, h
     assert "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD" in out.stderr
     assert "Traceback" not in out.stderr and "epoch" not in out.stdout
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_reader_does_not_create_a_store_where_there_is_none(tmp_path):
+    """`connect(create=False)` (for readers such as the report, which made an mlflow.db in an
+    empty folder): a clear TrackingError, and no file made."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with pytest.raises(TrackingError, match="there is no store at"):
+        connect(uri, create=False)
+    assert list(tmp_path.iterdir()) == []
+    connect(uri)  # a writer makes it
+    assert (tmp_path / "mlflow.db").exists()
