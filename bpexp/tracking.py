@@ -136,8 +136,14 @@ def connect(uri: str, timeout: float = 10.0, create: bool = True) -> MlflowClien
                 + ": set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD in the"
                 " environment of the command"
             ) from exc
+        text = error_text(exc)
+        if uri.startswith("sqlite:///") and ("malformed" in text or "not a database" in text):
+            raise TrackingError(
+                f"tracking.uri={shown!r}: the SQLite store is damaged ({text}); restore it "
+                "from a backup, or move it aside and run again to start a new store there"
+            ) from exc
         raise TrackingError(
-            f"tracking.uri={shown!r}: the store cannot be used ({error_text(exc)}); check that "
+            f"tracking.uri={shown!r}: the store cannot be used ({text}); check that "
             "it is an MLflow store (mlflow db upgrade for an old one), or use another "
             "tracking.uri"
         ) from exc

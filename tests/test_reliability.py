@@ -441,7 +441,7 @@ def test_a_full_store_fails_its_runs_and_the_rerun_runs_them_again(tmp_path, tmp
         assert points_in_store(client, run) == points_in_history(client, run, tmp_path / "dl2")
 
 
-@pytest.mark.parametrize("damage", ["corrupt", "read-only"])
+@pytest.mark.parametrize("damage", ["corrupt", "malformed", "read-only"])
 @pytest.mark.parametrize("multirun", [False, True], ids=["run", "sweep"])
 def test_a_corrupt_or_read_only_store_is_a_clear_error_before_training(
     tmp_path, tmpfs, damage, multirun
@@ -453,6 +453,8 @@ def test_a_corrupt_or_read_only_store_is_a_clear_error_before_training(
     uri = f"sqlite:///{db}"
     if damage == "corrupt":
         db.write_bytes(os.urandom(100_000))
+    elif damage == "malformed":  # SQLite's header, then garbage (as a crash mid-write leaves)
+        db.write_bytes(b"SQLite format 3\x00" + os.urandom(100_000))
     else:  # a store with a run in it, on a file system remounted read-only
         seeded = run_cli(["trainer.epochs=1", f"tracking.uri={uri}"], tmp_path)
         assert seeded.returncode == 0, seeded.stderr[-3000:]
@@ -464,6 +466,7 @@ def test_a_corrupt_or_read_only_store_is_a_clear_error_before_training(
     assert f"error: tracking.uri={uri!r}" in out.stderr
     expected = {
         "corrupt": "is not an SQLite database",
+        "malformed": "the SQLite store is damaged",
         "read-only": "cannot be written (Read-only file system)",
     }[damage]
     assert expected in out.stderr, out.stderr[-3000:]
@@ -549,7 +552,9 @@ def test_a_store_failing_mid_sweep_names_the_failed_jobs_and_the_parent(tmp_path
         again = run_cli(args, tmp_path, timeout=900)
         if failure == "corrupt":
             assert again.returncode == 2, again.stderr[-3000:]
-            assert "is not an SQLite database" in again.stderr
+            # the random bytes, or SQLite's own page 1 written back over them by a job still
+            # running: either way the error names the damage and what to do
+            assert "restore it from a backup" in again.stderr, again.stderr[-3000:]
             assert "Traceback" not in again.stderr
             return
         assert again.returncode == 0, again.stderr[-3000:]
