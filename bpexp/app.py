@@ -19,6 +19,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from bpexp import config as config_module
+from bpexp.checkpoint import CheckpointError, TrainState, check_fingerprint
 from bpexp.config import CONF_DIR, Config, flatten, typed
 from bpexp.cost import Cost, get_cost
 from bpexp.data import Dataset, load_dataset
@@ -33,6 +34,7 @@ from bpexp.trainer import (
     Record,
     TrainerConfig,
     TrainResult,
+    run_identity,
     train,
 )
 from bpexp.trainer import validate as validate_trainer
@@ -218,17 +220,21 @@ def execute(
         "outcome": "running",
         **(tags or {}),
     }
+    resume, state = None if cfg.force else _resumable(tr, client, experiment_id, digest, exp)
+    if state is not None:
+        run_tags["bpexp.resumed_from_epoch"] = str(state.epoch)
     with tr.tracked_run(
-        client, experiment_id, run_name(cfg), params, run_tags, parent_run_id
+        client, experiment_id, run_name(cfg), params, run_tags, parent_run_id, resume
     ) as log:
         if started:
             started(log.run_id)
         if echo:
             print(
-                f"tracking: run {log.run_id} in experiment {cfg.tracking.experiment!r} at {uri}",
+                f"tracking: run {log.run_id} in experiment {cfg.tracking.experiment!r} at {uri}"
+                + (f", resumed from its checkpoint at epoch {state.epoch}" if state else ""),
                 flush=True,
             )
-        out = _train(exp, [*listeners, log], echo)
+        out = _train(exp, [*listeners, log], echo, start=state)
         out.run_id = log.run_id
         _log_run_artifacts(log, exp, out)
         log.outcome, log.end_tags = out.outcome, run_warnings(out.train_result, cfg.trainer)
@@ -241,8 +247,37 @@ def execute(
     return out
 
 
-def _train(exp: Experiment, listeners: list[Listener], echo: bool) -> Result:
-    """Train ``exp`` with every record going to ``listeners``; print the warnings if ``echo``."""
+def _resumable(tr, client, experiment_id: str, digest: str, exp: Experiment):
+    """(the interrupted run of this exact config to continue, its last checkpoint), or
+    (None, None) to start a new run: none was interrupted after a checkpoint, or its
+    checkpoint cannot be read or belongs to other code (a warning says so)."""
+    run = tr.resumable_run(client, experiment_id, digest)
+    if run is None:
+        return None, None
+    cfg = exp.cfg
+    try:
+        state = tr.load_checkpoint(client, run)
+        expected = run_identity(
+            exp.net,
+            cfg.optimizer,
+            exp.cost,
+            exp.data,
+            cfg.trainer,
+            cfg.seed,
+            cfg.tracking.log_every_n_steps,
+        )
+        check_fingerprint(state, expected)
+    except CheckpointError as exc:
+        print(f"warning: not resumed, a new run starts: {exc}", file=sys.stderr, flush=True)
+        return None, None
+    return run, state
+
+
+def _train(
+    exp: Experiment, listeners: list[Listener], echo: bool, start: TrainState | None = None
+) -> Result:
+    """Train ``exp`` with every record going to ``listeners`` (from checkpoint ``start``, if
+    given); print the warnings if ``echo``."""
     cfg = exp.cfg
     result = train(
         exp.net,
@@ -253,6 +288,7 @@ def _train(exp: Experiment, listeners: list[Listener], echo: bool) -> Result:
         cfg.seed,
         _fan_out(listeners),
         cfg.tracking.log_every_n_steps,
+        start=start,
     )
     if echo:
         for key, text in run_warnings(result, cfg.trainer).items():

@@ -150,8 +150,9 @@ def to_arrays(state: TrainState) -> tuple[dict, dict[str, Array]]:
     return meta, arrays
 
 
-def save(path: str | os.PathLike, state: TrainState) -> Path:
-    """Write ``state`` to ``path`` (one ``.npz``, no pickle), atomically; returns the path."""
+def save(path: str | os.PathLike, state: TrainState, sync: bool = True) -> Path:
+    """Write ``state`` to ``path`` (one ``.npz``, no pickle), atomically; returns the path.
+    ``sync=False`` skips the fsync, for a file that is only copied elsewhere (an artifact)."""
     path = Path(path)
     meta, arrays = to_arrays(state)
     text = json.dumps(meta).encode()
@@ -161,8 +162,9 @@ def save(path: str | os.PathLike, state: TrainState) -> Path:
             np.savez(file, **arrays)
         with zipfile.ZipFile(tmp, "a") as archive:
             archive.writestr(META, text)
-        with open(tmp, "rb+") as file:
-            os.fsync(file.fileno())
+        if sync:
+            with open(tmp, "rb+") as file:
+                os.fsync(file.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

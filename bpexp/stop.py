@@ -24,7 +24,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,8 +46,10 @@ class _State:
     in_job: bool = False  # a job is training in this process
     signum: int = 0  # the first stop signal this process got; 0 before
     write_depth: int = 0  # store writes in progress (they nest)
-    deferred: type[BaseException] | None = None  # what to raise once the writes are done
+    # what to raise (an exception type) or call (a preemption's requeue) once the writes are done
+    deferred: type[BaseException] | Callable[[], None] | None = None
     watching: bool = False  # a thread ends this job process when its launcher is gone
+    preempted: bool = False  # SLURM's SIGUSR2: the job is checkpointed and requeued
 
 
 _state = _State()
@@ -71,7 +73,7 @@ def exit_code(signum: int | None = None) -> int:
 
 def reset() -> None:
     """Forget a stop signal (tests that send one to their own process)."""
-    _state.signum, _state.deferred = 0, None
+    _state.signum, _state.deferred, _state.preempted = 0, None, False
 
 
 # ----------------------------------------------------------------------- store writes
@@ -88,7 +90,9 @@ def uninterrupted_write() -> Iterator[None]:
     deferred = _state.deferred
     if deferred is not None and _state.write_depth == 0:
         _state.deferred = None
-        raise deferred()
+        if isinstance(deferred, type):
+            raise deferred()
+        deferred()  # a preemption: checkpoint the job, requeue it and exit (SystemExit)
 
 
 def defer(exc_type: type[BaseException] = KeyboardInterrupt) -> bool:
@@ -232,9 +236,46 @@ def _handle_signals_in_job_process() -> None:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, _on_job_signal)
         signal.signal(signal.SIGTERM, _on_job_signal)
+        _take_preemption_signal()
         # Blocked in submitit's processes (see _keep_sigint_from_launched_processes); one
         # that came meanwhile is delivered now, and the job does not start.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+PREEMPT_SIGNAL = getattr(signal, "SIGUSR2", None)  # submitit's default (SUBMITIT_PREEMPT_SIGNAL)
+
+
+def _take_preemption_signal() -> None:
+    """On SLURM, submitit's task takes SIGUSR2 (``--signal=USR2@90``: a time limit near, or a
+    preemption) with a handler that checkpoints the job, requeues it (``scontrol requeue``)
+    and exits the process with SystemExit. Here that handler is kept but never cuts a store
+    write: during one it runs once the write is done. The run in progress is then closed
+    KILLED with its points (its checkpoint is already in the store), and the requeued job
+    resumes it from that checkpoint (:func:`bpexp.tracking.resumable_run`). Later signals
+    (SLURM's SIGTERM as it requeues the job) are ignored: the process is on its way out."""
+    if PREEMPT_SIGNAL is None:
+        return
+    name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")
+    signum = getattr(signal, f"SIG{name}", PREEMPT_SIGNAL)
+    previous = signal.getsignal(signum)
+    owner = type(getattr(previous, "__self__", None)).__module__
+    if not owner.startswith("submitit"):
+        return  # not a submitit task (a joblib worker): nothing to keep
+
+    def on_preempt(number: int, frame: object) -> None:
+        _state.signum = _state.signum or number  # SIGTERM from here on is ignored
+        _state.preempted = True
+        if _state.write_depth:
+            _state.deferred = lambda: previous(number, None)
+            return
+        previous(number, frame)
+
+    signal.signal(signum, on_preempt)
+
+
+def preempted() -> bool:
+    """Whether this job process got the preemption signal (its job is being requeued)."""
+    return _state.preempted
 
 
 def watch_launcher(pid: int, start: str) -> None:

@@ -122,7 +122,7 @@ def _take_folder(sweep_dir: Path):
         raise SystemExit(2) from None
     lock.seek(0)
     lock.truncate()
-    lock.write(f"{os.getpid()} {stop.process_start(os.getpid())}\n")
+    lock.write(f"{os.getpid()} {stop.process_start(os.getpid())} {socket.gethostname()}\n")
     lock.flush()
     left = [sweep_dir / n for n in EARLIER if (sweep_dir / n).exists()]
     if left:
@@ -135,13 +135,17 @@ def _take_folder(sweep_dir: Path):
 
 def launcher_tags(sweep_dir: Path) -> dict[str, str]:
     """The launching process of the sweep in ``sweep_dir`` as run tags (``bpexp.pid``,
-    ``bpexp.pid_start``), read from its ``.running`` file: the parent run is created by a job,
-    maybe in another process, but lives as long as the launching process."""
+    ``bpexp.pid_start``, ``bpexp.host``), read from its ``.running`` file: the parent run is
+    created by a job, maybe in another process or on another node (SLURM), but lives as long
+    as the launching process."""
     try:
-        pid, start = ((sweep_dir / jobs.RUNNING_LOCK).read_text().split() + ["", ""])[:2]
+        words = (sweep_dir / jobs.RUNNING_LOCK).read_text().split()
     except OSError:
         return {}
-    return {"bpexp.pid": pid, "bpexp.pid_start": start} if pid.isdigit() else {}
+    pid, start, host = (words + ["", "", ""])[:3]
+    if not pid.isdigit():
+        return {}
+    return {"bpexp.pid": pid, "bpexp.pid_start": start, "bpexp.host": host}
 
 
 STORE_FILE = ".store"  # the SQLite store's file identity at the start of the sweep
@@ -205,7 +209,6 @@ def ensure_parent(client, experiment_id: str) -> str:
                 "sweep": name,
                 "bpexp.kind": "sweep",
                 "bpexp.sweep_dir": str(sweep_dir),
-                "bpexp.host": socket.gethostname(),
                 **launcher_tags(sweep_dir),
             },
         )
@@ -262,7 +265,8 @@ def run_job(cfg: DictConfig) -> jobs.JobResult:
         process=os.getpid(),
     )
     launcher = launcher_tags(sweep_dir)
-    if launcher:  # a job process outlives no launcher (kill -9 of python -m bpexp)
+    if launcher.get("bpexp.host") == socket.gethostname():  # (another node's cannot be seen)
+        # a job process outlives no launcher (kill -9 of python -m bpexp)
         stop.watch_launcher(int(launcher["bpexp.pid"]), launcher["bpexp.pid_start"])
     with stop.job():
         if stop.sweep_stopping(sweep_dir):

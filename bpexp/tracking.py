@@ -43,9 +43,9 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 import bpexp
-from bpexp import stop
+from bpexp import checkpoint, stop
 from bpexp.errors import TrackingError
-from bpexp.trainer import EndRecord, Record, StepRecord
+from bpexp.trainer import CheckpointRecord, EndRecord, Record, StepRecord
 
 # MLflow logs every database error it re-raises with its traceback (and the SQL with up to
 # 10 rows of parameters). bpexp reports each such error itself, once, in a line naming the
@@ -361,7 +361,11 @@ class RunLogger:
     """Listener for training records that logs them to one MLflow run, in batches.
 
     Metrics are sent every ``FLUSH_SECONDS`` while the run trains; what is left at its end
-    goes with the outcome tag in :func:`end_run`'s request.
+    goes with the outcome tag in :func:`end_run`'s request. A ``CheckpointRecord`` is written
+    as the run's artifact ``checkpoint/last.npz`` (:data:`CHECKPOINT_ARTIFACT`) once every
+    point before it is in the store, so that a checkpoint in the store always has the run's
+    history up to it there too. A logger of a resumed run (:meth:`resume`) skips the points
+    the run already has.
     """
 
     def __init__(self, client: MlflowClient, run_id: str) -> None:
@@ -376,11 +380,22 @@ class RunLogger:
         # Every point also goes to the run's history table (history.parquet), for analysis.
         self.rows: list[tuple[str, int, float]] = []
         self.closed = False  # end_run was called (it closes the run, or says why it cannot)
+        self._stored: dict[str, int] = {}  # a resumed run's last stored step, by metric
+
+    def resume(self, history: list[tuple[str, int, float]]) -> None:
+        """This logger continues a run whose store holds ``history`` (metric, step, value):
+        it goes to the run's history table, and the points the resumed loop emits again (the
+        epochs between the checkpoint and the interruption, bit-identical) are not sent."""
+        self.rows = sorted(history, key=lambda row: (row[0], row[1])) + self.rows
+        for key, step, _ in history:
+            self._stored[key] = max(step, self._stored.get(key, step))
 
     def __call__(self, record: Record) -> None:
         now = int(time.time() * 1000)
         if isinstance(record, StepRecord):
             self._add("train/batch_loss", record.batch_loss, record.step, now)
+        elif isinstance(record, CheckpointRecord):
+            self.save_checkpoint(record)
         else:
             for key, value in record.metrics.items():
                 self._add(key, value, record.epoch, now)
@@ -391,6 +406,8 @@ class RunLogger:
                 self.flush()
 
     def _add(self, key: str, value: float, step: int, timestamp: int) -> None:
+        if self._stored and step <= self._stored.get(key, -1):
+            return  # a resumed run has this point already
         value = float(value)
         self._pending.append(Metric(key, value, timestamp, step))
         self.rows.append((key, step, value))
@@ -406,31 +423,62 @@ class RunLogger:
         self._pending = []
         self._last_flush = time.monotonic()
 
+    def save_checkpoint(self, record: CheckpointRecord) -> None:
+        """Send every buffered point, then write ``record``'s state as the run's artifact
+        ``checkpoint/last.npz`` (replacing the last one) and tag the run with its epoch
+        (``bpexp.checkpoint_epoch``); a stop signal meanwhile is raised once done."""
+        with stop.uninterrupted_write():
+            self.flush()
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / CHECKPOINT_ARTIFACT.name
+                checkpoint.save(path, record.state, sync=False)  # copied by the artifact store
+                self.client.log_artifact(self.run_id, str(path), str(CHECKPOINT_ARTIFACT.parent))
+            tag = RunTag("bpexp.checkpoint_epoch", str(record.epoch))
+            self.client.log_batch(self.run_id, tags=[tag], synchronous=True)
+
+
+CHECKPOINT_ARTIFACT = Path("checkpoint/last.npz")  # a run's last checkpoint, among its artifacts
+
+
+def slurm_job_id() -> str | None:
+    """The SLURM job this process runs in, as ``squeue -j`` takes it: ``<array>_<task>`` for a
+    task of a job array (a submitit sweep), else ``$SLURM_JOB_ID``; None outside SLURM."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array and task:
+        return f"{array}_{task}"
+    return os.environ.get("SLURM_JOB_ID") or None
+
 
 def process_tags() -> dict[str, str]:
     """Where a run is trained: a run left RUNNING by a process that is gone (kill -9, a lost
-    node) can then be told from one still training (see :func:`close_stale_runs`)."""
+    node, a job that SLURM cancelled or requeued) can then be told from one still training
+    (see :func:`close_stale_runs`). A run trained by a SLURM job carries its id
+    (``bpexp.slurm_job_id``), which the scheduler can be asked about from any host."""
     pid = os.getpid()
-    return {
+    tags = {
         "bpexp.host": socket.gethostname(),
         "bpexp.pid": str(pid),
         "bpexp.pid_start": stop.process_start(pid),
     }
+    job = slurm_job_id()
+    if job:
+        tags["bpexp.slurm_job_id"] = job
+    return tags
 
 
 def close_stale_runs(client: MlflowClient, experiment_id: str) -> list[str]:
     """Close as KILLED (``outcome=interrupted``, tag ``bpexp.stale``) the experiment's RUNNING
-    runs whose process is gone: a run, or a sweep's parent run, of this host whose process
-    (the one that trained it; for a parent, the sweep's launching process) no longer exists.
-    Returns their ids. Runs of other hosts are left alone: their processes cannot be seen.
+    runs whose process is gone (:func:`_process_gone`): a run, or a sweep's parent run, whose
+    process (the one that trained it; for a parent, the sweep's launching process) no longer
+    exists on this host, or whose SLURM job the scheduler no longer runs. Returns their ids.
+    Runs of other hosts without a SLURM job are left alone: their processes cannot be seen.
     Nothing read from the store is used as a path."""
-    host = socket.gethostname()
     closed = []
     for run in client.search_runs(
         [experiment_id], "attributes.status = 'RUNNING'", max_results=1000
     ):
         tags = run.data.tags
-        if tags.get("bpexp.host") != host or not _process_gone(tags):
+        if not _process_gone(tags):
             continue
         stale = [RunTag("outcome", "interrupted"), RunTag("bpexp.stale", "process gone")]
         client.log_batch(run.info.run_id, tags=stale, synchronous=True)
@@ -440,8 +488,54 @@ def close_stale_runs(client: MlflowClient, experiment_id: str) -> list[str]:
 
 
 def _process_gone(tags: dict[str, str]) -> bool:
-    """Whether the process named by a run's ``bpexp.pid`` (and ``bpexp.pid_start``, when it
-    has one: a pid given to a later process) is gone; a run without a pid cannot tell."""
+    """Whether the process that a run's (or a claim's) tags name is gone.
+
+    On this host (``bpexp.host``), the process ``bpexp.pid`` (started at ``bpexp.pid_start``:
+    a pid given to a later process does not count) is looked up. A SLURM job's process
+    (``bpexp.slurm_job_id``) is gone once the scheduler no longer runs that job (squeue), or
+    when this process is that same job, requeued: one job id runs one process at a time.
+    Anything else (another host, no pid) cannot tell, and is taken as alive."""
+    here = tags.get("bpexp.host") == socket.gethostname()
+    if here and _pid_gone(tags):
+        return True
+    job = tags.get("bpexp.slurm_job_id", "")
+    if job:
+        if job == slurm_job_id():
+            return not (here and tags.get("bpexp.pid") == str(os.getpid()))
+        return slurm_job_ended(job)
+    return False
+
+
+SLURM_ACTIVE = {
+    "PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED",
+    "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED",
+}  # fmt: skip
+
+
+def slurm_job_ended(job: str) -> bool:
+    """Whether SLURM no longer runs job ``job`` (``<id>`` or ``<array>_<task>``): squeue does
+    not list it, or lists it in a final state. False when squeue cannot be asked (not
+    installed, the controller not answering): an unknown job is taken as alive."""
+    if not job.replace("_", "").isdigit():
+        return False  # a store value never reaches a command line unchecked
+    try:
+        out = subprocess.run(
+            ["squeue", "-h", "-j", job, "-o", "%T"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    if out.returncode != 0:  # "Invalid job id specified": ended, and forgotten since
+        return "invalid job id" in out.stderr.lower()
+    states = {line.strip() for line in out.stdout.splitlines() if line.strip()}
+    return not (states & SLURM_ACTIVE)
+
+
+def _pid_gone(tags: dict[str, str]) -> bool:
+    """Whether the process ``bpexp.pid`` (started at ``bpexp.pid_start``) of this host is
+    gone; a run without a pid cannot tell."""
     pid = tags.get("bpexp.pid", "")
     if not pid.isdigit():
         return False
@@ -519,6 +613,71 @@ def _close_unwritten(logger: RunLogger, outcome: str, tags: dict[str, str], exc:
         logger.client.set_terminated(logger.run_id, status=STATUS[final])
 
 
+# ----------------------------------------------------------------------------- resuming
+
+
+def resumable_run(client: MlflowClient, experiment_id: str, digest: str):
+    """The run that a job of config ``digest`` continues instead of starting over, or None:
+    the latest of its runs that was interrupted (KILLED, or RUNNING with its process gone,
+    which is closed first as stale), if that run has a checkpoint. Failed runs are not
+    resumed (their error may come back); the caller holds the config's claim."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`bpexp.config_hash` = '{digest}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=100,
+    )
+    for run in runs:
+        status = run.info.status
+        if status == "RUNNING" and _process_gone(run.data.tags):
+            stale = [RunTag("outcome", "interrupted"), RunTag("bpexp.stale", "process gone")]
+            with stop.uninterrupted_write():
+                client.log_batch(run.info.run_id, tags=stale, synchronous=True)
+                client.set_terminated(run.info.run_id, status=STATUS["interrupted"])
+            status = STATUS["interrupted"]
+        if status == "RUNNING":
+            continue  # alive elsewhere, or cannot tell: not this job's to take
+        if status == STATUS["interrupted"] and "bpexp.checkpoint_epoch" in run.data.tags:
+            return run
+        return None  # the latest run ended otherwise, or before its first checkpoint
+    return None
+
+
+def load_checkpoint(client: MlflowClient, run) -> checkpoint.TrainState:
+    """The last checkpoint of ``run`` (its artifact ``checkpoint/last.npz``); CheckpointError
+    when it cannot be downloaded or read."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bar for one file
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = client.download_artifacts(run.info.run_id, str(CHECKPOINT_ARTIFACT), tmp)
+        except Exception as exc:
+            raise checkpoint.CheckpointError(
+                f"run {run.info.run_id}: its checkpoint cannot be read ({error_text(exc)})"
+            ) from exc
+        return checkpoint.load(path)
+
+
+def _reopen(client: MlflowClient, run, tags: dict[str, str]) -> RunLogger:
+    """Continue the interrupted ``run``: RUNNING again, with this process's tags, one more
+    ``bpexp.resumes``, its stale or error tags dropped, and a logger that holds its stored
+    history (:meth:`RunLogger.resume`)."""
+    run_id = run.info.run_id
+    history = [
+        (point.key, point.step, point.value)
+        for key in sorted(run.data.metrics)
+        for point in client.get_metric_history(run_id, key)
+    ]
+    tags = {**tags, "bpexp.resumes": str(int(run.data.tags.get("bpexp.resumes", "0")) + 1)}
+    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()], synchronous=True)
+    for key in ("bpexp.stale", "bpexp.error"):
+        if key in run.data.tags:
+            client.delete_tag(run_id, key)
+    client.update_run(run_id, status="RUNNING")
+    logger = RunLogger(client, run_id)
+    logger.resume(history)
+    return logger
+
+
 @contextmanager
 def tracked_run(
     client: MlflowClient,
@@ -527,12 +686,15 @@ def tracked_run(
     params: dict[str, object],
     tags: dict[str, str],
     parent_run_id: str | None = None,
+    resume=None,
 ) -> Iterator[RunLogger]:
-    """A run's whole life: created with its params and tags on entry; the block trains with
-    the yielded logger as a listener, logs its artifacts and sets ``logger.outcome`` (and
-    ``logger.end_tags``); on exit the run ends with that outcome's status.
+    """A run's whole life: created with its params and tags on entry (or, given ``resume``,
+    an interrupted run of the same config reopened: :func:`resumable_run`); the block trains
+    with the yielded logger as a listener, logs its artifacts and sets ``logger.outcome``
+    (and ``logger.end_tags``); on exit the run ends with that outcome's status.
 
-    Ctrl-C or SIGTERM (KeyboardInterrupt) ends it KILLED with outcome ``interrupted``, any other
+    Ctrl-C or SIGTERM (KeyboardInterrupt), or SLURM's preemption signal (SystemExit once the
+    job is requeued, :mod:`bpexp.stop`), ends it KILLED with outcome ``interrupted``, any other
     error FAILED with ``traceback.txt`` and the reason in ``bpexp.error``; the points logged so
     far are kept, and the error goes on up.
     """
@@ -557,13 +719,16 @@ def tracked_run(
                 time.sleep(CLAIM_POLL_SECONDS)
         # A stop signal while the run is created is raised once it is (then closed KILLED).
         with stop.uninterrupted_write():
-            run = client.create_run(experiment_id, tags=all_tags, run_name=run_name)
-            logger = RunLogger(client, run.info.run_id)
-            for chunk in _chunks(param_list, 100):
-                client.log_batch(run.info.run_id, params=chunk, synchronous=True)
+            if resume is not None:
+                logger = _reopen(client, resume, all_tags)
+            else:
+                run = client.create_run(experiment_id, tags=all_tags, run_name=run_name)
+                logger = RunLogger(client, run.info.run_id)
+                for chunk in _chunks(param_list, 100):
+                    client.log_batch(run.info.run_id, params=chunk, synchronous=True)
         yield logger
         end_run(logger, logger.outcome, logger.end_tags)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):
         if logger is not None and not logger.closed:  # (after end_run: a deferred signal)
             _close_quietly(logger, "interrupted")
         raise

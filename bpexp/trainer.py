@@ -330,6 +330,22 @@ def fingerprint(
     }
 
 
+def run_identity(
+    net: Network,
+    optimizer: Optimizer,
+    cost: Cost,
+    data: Dataset,
+    cfg: TrainerConfig,
+    seed: int,
+    log_every_n_steps: int | None = None,
+) -> dict:
+    """The fingerprint a checkpoint of this run carries (:func:`fingerprint` and the step
+    stride of its StepRecords), to check one before resuming from it
+    (:func:`bpexp.checkpoint.check_fingerprint`)."""
+    stride = log_stride(cfg, data.X_train.shape[0], log_every_n_steps)
+    return fingerprint(net, optimizer, cost, data, cfg, seed) | {"step_stride": stride}
+
+
 def train(
     net: Network,
     optimizer: Optimizer,
@@ -383,7 +399,7 @@ def train(
     # end when the epoch is one step (full batch), else one more probe backprop.
     at_start: list[instruments.ProbeSnapshot | None] = [None]
     identity = (
-        fingerprint(net, optimizer, cost, data, cfg, seed) | {"step_stride": stride}
+        run_identity(net, optimizer, cost, data, cfg, seed, log_every_n_steps)
         if cfg.checkpoint_every or start is not None
         else {}
     )
