@@ -220,7 +220,9 @@ def execute(
         "outcome": "running",
         **(tags or {}),
     }
-    resume, state = None if cfg.force else _resumable(tr, client, experiment_id, digest, exp)
+    resume, state = (
+        (None, None) if cfg.force else _resumable(tr, client, experiment_id, digest, exp)
+    )
     if state is not None:
         run_tags["bpexp.resumed_from_epoch"] = str(state.epoch)
     with tr.tracked_run(
