@@ -270,7 +270,8 @@ def lr_sensitivity(
     ax.set_xlabel(lr + " (log scale)")
     ax.set_ylabel(f"final {metric}")
     ax.set_title(f"learning-rate sensitivity: final {metric}")
-    ax.legend(fontsize="small")
+    if ax.get_legend_handles_labels()[0]:  # (none when no job finished)
+        ax.legend(fontsize="small")
     return ax.figure
 
 

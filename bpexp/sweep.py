@@ -382,8 +382,10 @@ def finish(stopped: str | None = None) -> int:
                 if stopped == "aborted" and not (sweep_dir / jobs.RESULTS_FOLDER).exists():
                     return 1  # stopped before any job (bad input, reported already)
                 change = store_changed(sweep_dir, uri) if uri else None
-                bad = _write_summary(sweep_dir, stopped, uri, change)
+                bad, cut = _write_summary(sweep_dir, stopped, uri, change)
                 parent = parent_file.read_text().strip() if parent_file.exists() else None
+            if cut and not stopped:  # jobs stopped from outside (scancel, a preemption)
+                stopped = "interrupted"
         except KeyboardInterrupt:
             stopped, interrupted = "interrupted", True
             parent = parent_file.read_text().strip() if parent_file.exists() else None
@@ -408,9 +410,9 @@ def finish(stopped: str | None = None) -> int:
 
 
 def _write_summary(sweep_dir: Path, stopped: str | None, uri: str | None, change: str | None):
-    """Write and print ``summary.csv``, then the failed jobs; returns the failed rows. When
-    the store was deleted or replaced, no run of the sweep is in it: every job that has a run
-    there is reported failed."""
+    """Write and print ``summary.csv``, then the failed jobs; returns (the failed rows, the
+    number of interrupted jobs). When the store was deleted or replaced, no run of the sweep is
+    in it: every job that has a run there is reported failed."""
     table = jobs.summary(sweep_dir)
     if change:
         lost = table["run_id"].notna() & ~table["outcome"].isin(["failed", "invalid"])
@@ -433,7 +435,14 @@ def _write_summary(sweep_dir: Path, stopped: str | None, uri: str | None, change
     print(f"summary: {sweep_dir / 'summary.csv'}", flush=True)
     bad = table[table["outcome"].isin(["failed", "invalid"])]
     _print_failed(bad)
-    return bad
+    cut = int((table["outcome"] == "interrupted").sum())
+    if cut:
+        print(
+            f"{cut} job(s) interrupted: the same command again resumes their runs from their "
+            "last checkpoints (trainer.checkpoint_every) and runs the jobs not done",
+            flush=True,
+        )
+    return bad, cut
 
 
 def _failed_jobs(sweep_dir: Path) -> pd.DataFrame:
