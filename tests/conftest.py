@@ -91,16 +91,20 @@ def free_port() -> int:
 AUTH_ADMIN = ("admin", "bpexp-test-password-1")
 
 
-def start_mlflow_server(folder: Path, auth: bool = False) -> tuple[str, subprocess.Popen]:
-    """Start a real `mlflow server --workers 1` on 127.0.0.1 (SQLite backend created first) and
-    wait until it answers /health; returns its URL and process (the caller stops it).
+def start_mlflow_server(
+    folder: Path, auth: bool = False, backend: str | None = None
+) -> tuple[str, subprocess.Popen]:
+    """Start a real `mlflow server --workers 1` on 127.0.0.1 (on ``backend``, by default a
+    SQLite store in ``folder`` created first) and wait until it answers /health; returns its
+    URL and process (the caller stops it).
 
     ``auth``: with MLflow's basic auth (``--app-name basic-auth``), its users in
     ``folder/auth.db`` and the admin user and password of :data:`AUTH_ADMIN`."""
-    backend = f"sqlite:///{folder / 'server.db'}"
-    from mlflow import MlflowClient
+    if backend is None:
+        backend = f"sqlite:///{folder / 'server.db'}"
+        from mlflow import MlflowClient
 
-    MlflowClient(tracking_uri=backend).search_experiments(max_results=1)
+        MlflowClient(tracking_uri=backend).search_experiments(max_results=1)
     port = free_port()
     log = folder / "server.log"
     env = dict(os.environ)
@@ -143,7 +147,7 @@ def start_mlflow_server(folder: Path, auth: bool = False) -> tuple[str, subproce
         cwd=folder,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(url + "/health", timeout=2):
@@ -153,7 +157,44 @@ def start_mlflow_server(folder: Path, auth: bool = False) -> tuple[str, subproce
                 raise RuntimeError(log.read_text()) from None
             time.sleep(0.5)
     proc.kill()
-    raise RuntimeError("mlflow server did not start in 90 s")
+    raise RuntimeError("mlflow server did not start in 180 s")
+
+
+@pytest.fixture
+def postgres_url():
+    """A PostgreSQL cluster of its own in a temporary folder on a loopback port (initdb refuses
+    root: run as `nobody` then); yields its URL, stopped and removed after the test."""
+    import glob
+    import shutil
+    import tempfile
+
+    binaries = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not binaries:
+        pytest.skip("PostgreSQL server binaries absent (apt-get install postgresql)")
+    bin_dir = Path(binaries[-1]).parent
+    as_user = ["runuser", "-u", "nobody", "--"] if os.geteuid() == 0 else []
+    folder = Path(tempfile.mkdtemp(prefix="bpexp-pg-"))  # not under pytest's root-only tmp
+    if as_user:
+        shutil.chown(folder, "nobody")
+    port = free_port()
+
+    def pg(tool: str, *args: str) -> None:
+        out = subprocess.run(
+            [*as_user, str(bin_dir / tool), *args], capture_output=True, text=True, check=False
+        )
+        assert out.returncode == 0, f"{tool}: {out.stdout}{out.stderr}"
+
+    data = str(folder / "data")
+    pg("initdb", "-D", data, "-U", "mlflow", "--auth=trust", "-E", "UTF8")
+    options = f"-h 127.0.0.1 -p {port} -k {folder}"
+    pg("pg_ctl", "-D", data, "-l", str(folder / "postgres.log"), "-o", options, "-w", "start")
+    try:
+        pg("createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "mlflow", "mlflow")
+        # psycopg2 named: SQLAlchemy 2.1 takes postgresql:// for psycopg 3
+        yield f"postgresql+psycopg2://mlflow@127.0.0.1:{port}/mlflow"
+    finally:
+        pg("pg_ctl", "-D", data, "-m", "fast", "-w", "stop")
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 # --- IDX files for the MNIST data sets (tests/test_data.py, tests/test_datafiles.py) ----------

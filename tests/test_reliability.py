@@ -307,43 +307,6 @@ def test_full_disk_for_artifacts_fails_each_run_with_its_reason_and_the_sweep_go
     assert "job 0 failed" in out.stderr and "job 1 failed" in out.stderr
 
 
-@pytest.fixture
-def postgres_url():
-    """A PostgreSQL cluster of its own in a temporary folder on a loopback port (initdb refuses
-    root: run as `nobody` then); yields its URL, stopped and removed after the test."""
-    import glob
-    import shutil
-    import tempfile
-
-    binaries = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if not binaries:
-        pytest.skip("PostgreSQL server binaries absent (apt-get install postgresql)")
-    bin_dir = Path(binaries[-1]).parent
-    as_user = ["runuser", "-u", "nobody", "--"] if os.geteuid() == 0 else []
-    folder = Path(tempfile.mkdtemp(prefix="bpexp-pg-"))  # not under pytest's root-only tmp
-    if as_user:
-        shutil.chown(folder, "nobody")
-    port = free_port()
-
-    def pg(tool: str, *args: str) -> None:
-        out = subprocess.run(
-            [*as_user, str(bin_dir / tool), *args], capture_output=True, text=True, check=False
-        )
-        assert out.returncode == 0, f"{tool}: {out.stdout}{out.stderr}"
-
-    data = str(folder / "data")
-    pg("initdb", "-D", data, "-U", "mlflow", "--auth=trust", "-E", "UTF8")
-    options = f"-h 127.0.0.1 -p {port} -k {folder}"
-    pg("pg_ctl", "-D", data, "-l", str(folder / "postgres.log"), "-o", options, "-w", "start")
-    try:
-        pg("createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "mlflow", "mlflow")
-        # psycopg2 named: SQLAlchemy 2.1 takes postgresql:// for psycopg 3
-        yield f"postgresql+psycopg2://mlflow@127.0.0.1:{port}/mlflow"
-    finally:
-        pg("pg_ctl", "-D", data, "-m", "fast", "-w", "stop")
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 def test_joblib_sweep_against_an_mlflow_server_on_postgresql(tmp_path, postgres_url):
     """The shared store for a cluster: `mlflow server` with 2 workers on PostgreSQL; 8 jobs
     on 2 joblib workers log every point, with no error."""

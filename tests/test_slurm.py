@@ -15,7 +15,7 @@ import pytest
 from mlflow import MlflowClient
 
 from bpexp import tracking
-from tests.conftest import cli_env, run_cli
+from tests.conftest import cli_env, run_cli, start_mlflow_server
 from tests.slurm_cluster import PARTITION, slurm_cluster  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.slow
@@ -426,3 +426,63 @@ def test_a_run_whose_slurm_job_ended_is_stale_from_any_host(slurm_cluster, tmp_p
     while alive in queue(slurm_cluster) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert tracking.close_stale_runs(client, experiment) == [runs_by_case["alive"]]
+
+
+# ----------------------------------------------------------------- the main job on SLURM
+
+MAIN_JOB = [
+    "sweep=optimizers",
+    "hydra.sweeper.protocol.search.optimizer.lr.points=3",
+    "hydra.sweeper.protocol.tune_seeds=[0]",
+    "hydra.sweeper.protocol.confirm_seeds=[100,101]",
+    "trainer.epochs=3",
+    "tracking.plots=false",
+]
+
+
+def test_the_main_job_through_slurm_gives_the_basic_launchers_answer(
+    slurm_cluster,  # noqa: F811
+    postgres_url,
+    tmp_path,
+):
+    """``python -m bpexp sweep=optimizers hydra/launcher=slurm`` (shrunk: 3 learning rates, one
+    tuning seed, two confirm seeds, 3 epochs) against the README's cluster store, an `mlflow
+    server` on PostgreSQL: the tune stage and then the confirm stage run as SLURM job arrays,
+    and the answer (protocol/final_table.csv, the chosen settings) is the basic launcher's,
+    value for value."""
+    url, server = start_mlflow_server(tmp_path, backend=postgres_url)
+    try:
+        slurm = tmp_path / "slurm"
+        slurm.mkdir()
+        args = [*MAIN_JOB, "hydra/launcher=slurm", f"hydra.launcher.partition={PARTITION}"]
+        out = run_cli(
+            [*args, f"tracking.uri={url}"],
+            cwd=slurm,
+            timeout=1200,
+            SLURM_CONF=str(slurm_cluster.conf),
+        )
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        client = MlflowClient(tracking_uri=url)
+        found = client.search_runs([client.get_experiment_by_name("bpexp").experiment_id])
+        jobs = [r for r in found if r.data.tags.get("bpexp.kind") != "sweep"]
+        assert len(jobs) == 15 and {r.info.status for r in jobs} == {"FINISHED"}
+        stages = {r.data.tags["bpexp.stage"] for r in jobs}
+        assert stages == {"tune", "confirm"}
+        assert all(r.data.tags.get("bpexp.slurm_job_id") for r in jobs)
+        arrays = {r.data.tags["bpexp.slurm_job_id"].split("_")[0] for r in jobs}
+        assert len(arrays) == 2  # one job array per stage
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    basic = tmp_path / "basic"
+    basic.mkdir()
+    ref = run_cli([*MAIN_JOB, f"tracking.uri=sqlite:///{basic / 'mlflow.db'}"], cwd=basic)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    for name in ("final_table.csv", "chosen.csv"):
+        (mine,) = slurm.glob(f"multirun/*/*/protocol/{name}")
+        (theirs,) = basic.glob(f"multirun/*/*/protocol/{name}")
+        pd.testing.assert_frame_equal(pd.read_csv(mine), pd.read_csv(theirs), check_exact=True)
+    (final,) = slurm.glob("multirun/*/*/protocol/final_table.csv")
+    table = pd.read_csv(final)
+    print(f"main job on SLURM (arrays {sorted(arrays)}): final table = basic launcher's")
+    print(table[["arm", "optimizer.lr", "mean"]].to_string(index=False))
