@@ -72,10 +72,11 @@ _RUN_ID = re.compile(r"[0-9a-f]{32}")
 
 
 def client_for(tracking_uri: str | None = None) -> MlflowClient:
-    """A client for ``tracking_uri`` (else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``)."""
+    """A client for ``tracking_uri`` (else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``);
+    a SQLite store that does not exist is an error (TrackingError), not a new empty store."""
     from bpexp import tracking as tr
 
-    return tr.connect(tr.tracking_uri(tracking_uri))
+    return tr.connect(tr.tracking_uri(tracking_uri), create=False)
 
 
 def find_experiment(client: MlflowClient, experiment: str) -> str:

@@ -7,6 +7,7 @@ with the input is checked in :func:`build` before a tracking run is created.
 
 from __future__ import annotations
 
+import shlex
 import sys
 import tempfile
 import time
@@ -243,7 +244,7 @@ def execute(
     if echo:
         print(
             f"logged: run {log.run_id} ({run_name(cfg)}), {log.points_logged} metric points, "
-            f"at {uri}; browse with: mlflow ui --backend-store-uri {uri}",
+            f"at {uri}; browse with: mlflow ui --backend-store-uri {shlex.quote(uri)}",
             flush=True,
         )
     return out

@@ -44,6 +44,7 @@ from mlflow.exceptions import MlflowException
 
 from bpexp import analysis, figures, jobs
 from bpexp import protocol as proto
+from bpexp.errors import TrackingError
 from bpexp.tracking import BATCH_LIMIT
 
 REPORT_ARTIFACT_PATH = "report"
@@ -666,7 +667,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         experiment_id = analysis.find_experiment(client, args.experiment)
         parent = analysis.sweep_parent(client, experiment_id, args.sweep).info.run_id
         sweep = load(client, parent)
-    except (ValueError, MlflowException) as exc:
+    except (ValueError, MlflowException, TrackingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if sweep.runs.empty:

@@ -342,3 +342,25 @@ def test_batch_size_report_shows_the_gradient_noise_scale_per_batch_size(tmp_pat
     # At epoch 0 every run has the same weights and probe (same seed): one B_simple.
     assert len({r[1] for r in rows}) == 1 and float(rows[0][1]) > 0
     assert "B_simple = tr(Σ)/|G|²" in section
+
+
+@pytest.mark.parametrize(
+    "uri, says",
+    [
+        ("sqlite:///{folder}/missing.db", "there is no store at"),
+        ("http://127.0.0.1:9", "the MLflow server does not answer"),
+    ],
+    ids=["no-sqlite-file", "no-server"],
+)
+def test_report_command_on_a_store_that_is_not_there_exits_2_and_creates_nothing(
+    tmp_path, uri, says
+):
+    """`python -m bpexp.report` names the store and what to do, without a traceback, and
+    does not leave an empty new store behind (before: a fresh mlflow.db, then 'experiment
+    not found'; a server that does not answer gave a traceback)."""
+    uri = uri.format(folder=tmp_path)
+    out = run_cli(["--tracking-uri", uri], tmp_path, module="bpexp.report")
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert f"error: tracking.uri={uri!r}: {says}" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
