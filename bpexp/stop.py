@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -278,12 +279,16 @@ def preempted() -> bool:
     return _state.preempted
 
 
-def watch_launcher(pid: int, start: str) -> None:
+def watch_launcher(pid: int, start: str, host: str) -> None:
     """In a job process (a joblib worker, a submitit task): once the launching process ``pid``
     (started at ``start``, see :func:`process_start`) is gone (kill -9, a crash), end this one
     too, rather than live on as an orphan. A job in progress is stopped first as by SIGTERM,
-    so its run is closed KILLED with its points. Started once per process."""
+    so its run is closed KILLED with its points. Started once per process, and only on the
+    launcher's ``host``: another node's processes cannot be seen (a SLURM job there ends with
+    its job, which ``scancel`` ends)."""
     if _state.launching or _state.watching or pid == os.getpid():
+        return
+    if host != socket.gethostname():
         return
     _state.watching = True
 

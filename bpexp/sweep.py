@@ -265,9 +265,10 @@ def run_job(cfg: DictConfig) -> jobs.JobResult:
         process=os.getpid(),
     )
     launcher = launcher_tags(sweep_dir)
-    if launcher.get("bpexp.host") == socket.gethostname():  # (another node's cannot be seen)
-        # a job process outlives no launcher (kill -9 of python -m bpexp)
-        stop.watch_launcher(int(launcher["bpexp.pid"]), launcher["bpexp.pid_start"])
+    if launcher:  # a job process outlives no launcher (kill -9 of python -m bpexp)
+        stop.watch_launcher(
+            int(launcher["bpexp.pid"]), launcher["bpexp.pid_start"], launcher["bpexp.host"]
+        )
     with stop.job():
         if stop.sweep_stopping(sweep_dir):
             result.outcome = "interrupted"  # the sweep is stopping: this job does not start

@@ -52,3 +52,64 @@ def test_a_stopping_sweep_folder_stops_jobs_that_have_not_started(tmp_path):
     assert not stop.sweep_stopping(tmp_path)
     (tmp_path / stop.STOP_FILE).touch()
     assert stop.sweep_stopping(tmp_path)
+
+
+WATCHER = """
+import socket, subprocess, sys, time
+from bpexp import stop
+gone = subprocess.Popen([sys.executable, "-c", "pass"]); gone.wait()  # a pid that has ended
+host = socket.gethostname() if sys.argv[1] == "this host" else "a-node-far-away"
+stop.watch_launcher(gone.pid, "", host)
+time.sleep(3 * stop.LAUNCHER_POLL_SECONDS + 1)
+print("still here")
+"""
+
+
+@pytest.mark.parametrize("where", ["this host", "another host"])
+def test_a_job_process_ends_with_its_launcher_only_on_the_launchers_host(where):
+    """A job process whose launching process is gone exits (143) instead of living on as an
+    orphan, but only when that launcher ran on this host: a pid of another node (a SLURM
+    launcher on a login node) says nothing here, and a job there must go on."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", WATCHER, where], capture_output=True, text=True, timeout=60
+    )
+    if where == "this host":
+        assert out.returncode == 128 + signal.SIGTERM and "still here" not in out.stdout
+    else:
+        assert out.returncode == 0 and "still here" in out.stdout, out.stderr
+
+
+def test_the_preemption_handler_keeps_submitits_and_never_cuts_a_store_write():
+    """SIGUSR2 in a submitit task: submitit's handler (checkpoint, requeue, SystemExit) runs,
+    but after a store write in progress, not inside it; later stop signals are ignored."""
+    import types
+
+    calls = []
+
+    class SignalHandler:  # submitit's, as far as bpexp sees it: a bound method of its class
+        def checkpoint_and_try_requeue(self, signum, frame):
+            calls.append(("requeue", stop._state.write_depth))
+            raise SystemExit(-1)
+
+    SignalHandler.__module__ = "submitit.core.job_environment"
+    previous = signal.signal(signal.SIGUSR2, SignalHandler().checkpoint_and_try_requeue)
+    try:
+        stop._take_preemption_signal()
+        assert signal.getsignal(signal.SIGUSR2) is not previous
+        with pytest.raises(SystemExit):
+            with stop.uninterrupted_write():
+                signal.raise_signal(signal.SIGUSR2)
+                calls.append(("write done", stop._state.write_depth))
+        assert calls == [("write done", 1), ("requeue", 0)]
+        assert stop.preempted() and stop.stopping() == signal.SIGUSR2
+        stop._state.in_job = True  # SLURM's SIGTERM as it requeues: no KeyboardInterrupt
+        try:
+            stop._on_job_signal(signal.SIGTERM, types.SimpleNamespace())
+        finally:
+            stop._state.in_job = False
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+        stop.reset()
