@@ -250,6 +250,13 @@ def execute(
     return out
 
 
+def _loop_inputs(exp: Experiment) -> tuple:
+    """What the training loop and a run's fingerprint take: net, optimizer, cost, data,
+    trainer settings and seed (:func:`bpexp.trainer.train`, :func:`~bpexp.trainer.run_identity`)."""
+    cfg = exp.cfg
+    return exp.net, cfg.optimizer, exp.cost, exp.data, cfg.trainer, cfg.seed
+
+
 def _resumable(tr, client, experiment_id: str, digest: str, exp: Experiment):
     """(the interrupted run of this exact config to continue, its last checkpoint), or
     (None, None) to start a new run: none was interrupted after a checkpoint, or its
@@ -260,15 +267,7 @@ def _resumable(tr, client, experiment_id: str, digest: str, exp: Experiment):
     cfg = exp.cfg
     try:
         state = tr.load_checkpoint(client, run)
-        expected = run_identity(
-            exp.net,
-            cfg.optimizer,
-            exp.cost,
-            exp.data,
-            cfg.trainer,
-            cfg.seed,
-            cfg.tracking.log_every_n_steps,
-        )
+        expected = run_identity(*_loop_inputs(exp), cfg.tracking.log_every_n_steps)
         check_fingerprint(state, expected)
     except CheckpointError as exc:
         print(f"warning: not resumed, a new run starts: {exc}", file=sys.stderr, flush=True)
@@ -283,15 +282,7 @@ def _train(
     given); print the warnings if ``echo``."""
     cfg = exp.cfg
     result = train(
-        exp.net,
-        cfg.optimizer,
-        exp.cost,
-        exp.data,
-        cfg.trainer,
-        cfg.seed,
-        _fan_out(listeners),
-        cfg.tracking.log_every_n_steps,
-        start=start,
+        *_loop_inputs(exp), _fan_out(listeners), cfg.tracking.log_every_n_steps, start=start
     )
     if echo:
         for key, text in run_warnings(result, cfg.trainer).items():
