@@ -129,14 +129,17 @@ class Printer:
 
     MAX_LINES = 30
 
-    def __init__(self, epochs: int, stream_=sys.stdout) -> None:
+    def __init__(self, epochs: int, stream_=sys.stdout, every_epoch: bool = True) -> None:
         self.epochs = epochs
+        self.every_epoch = every_epoch  # False: the final line only (verbose=1)
         self.every = -(-epochs // self.MAX_LINES)  # ceil: at most ~30 epoch lines
         self.out = stream_
         self.start = time.perf_counter()
 
     def __call__(self, record: Record) -> None:
         if isinstance(record, EpochRecord):
+            if not self.every_epoch:
+                return
             if record.epoch % self.every and record.epoch != self.epochs:
                 return
             shown = "  ".join(
@@ -188,7 +191,9 @@ def execute(
     """
     exp = build(cfg)
     cfg = exp.cfg  # the typed config from here on
-    listeners = [*(listeners or []), *([Printer(cfg.trainer.epochs)] if echo else [])]
+    echo = echo and cfg.verbose != 0  # verbose=0: errors only; 1: no epoch lines
+    printer = Printer(cfg.trainer.epochs, every_epoch=cfg.verbose in (None, 2))
+    listeners = [*(listeners or []), *([printer] if echo else [])]
     if not cfg.tracking.enabled:
         return _train(exp, listeners, echo)
 
@@ -221,6 +226,10 @@ def execute(
     with tr.tracked_run(
         client, experiment_id, run_name(cfg), params, run_tags, parent_run_id
     ) as log:
+        if cfg.tracking.writer:  # points written by a process of its own (bpexp.writer)
+            from bpexp import writer
+
+            log.writer = writer.for_uri(uri)
         if started:
             started(log.run_id)
         if echo:

@@ -31,6 +31,7 @@ import json
 import os
 import socket
 import sys
+import time
 import traceback
 from datetime import datetime
 from pathlib import Path
@@ -285,6 +286,7 @@ def run_job(cfg: DictConfig) -> jobs.JobResult:
 def _run_job(cfg: DictConfig, result: jobs.JobResult) -> None:
     from bpexp.app import execute
 
+    start = time.perf_counter()
     _limit_blas_threads()
     tags = {"bpexp.arm": result.arm} if result.arm else {}
     if result.stage:
@@ -301,7 +303,7 @@ def _run_job(cfg: DictConfig, result: jobs.JobResult) -> None:
             raise TrackingError(_store_gone_message(uri, change))
         run = execute(
             cfg,
-            echo=True,
+            echo=(cfg.get("verbose") or 0) >= 2,  # a multirun's console: bpexp.console
             sweep_name=sweep_name(dict(HydraConfig.get().runtime.choices)),
             parent=ensure_parent,
             tags=tags,
@@ -335,6 +337,7 @@ def _run_job(cfg: DictConfig, result: jobs.JobResult) -> None:
     finally:
         if uri and "bpexp.tracking" in sys.modules:
             sys.modules["bpexp.tracking"].release_all_claims(uri)
+    result.seconds = round(time.perf_counter() - start, 3)
     result.write(sweep_dir)
 
 
