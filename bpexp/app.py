@@ -215,7 +215,9 @@ def execute(
             )
         return _stored_result(client, done, exp)
 
-    params = {**flat, "network.sizes": list(exp.net.sizes), "data.n_train": exp.n_train}
+    # How the command prints and writes (issue 27) is no param: a run's params stay its config.
+    logged = {k: v for k, v in flat.items() if k not in ("verbose", "tracking.writer")}
+    params = {**logged, "network.sizes": list(exp.net.sizes), "data.n_train": exp.n_train}
     run_tags = {
         "optimizer": cfg.optimizer.name,
         "sweep": sweep_name or "",
