@@ -59,7 +59,8 @@ def test_verbose_1_gives_each_job_one_line_with_its_outcome_yardstick_and_time(t
     assert len(lines) == 4, out.stdout
     for job, line in enumerate(lines):
         assert re.fullmatch(
-            rf"#{job} all optimizer\.lr=\S+ seed=\d trainer\.epochs=2 tracking\.enabled=False verbose=1: "
+            rf"#{job} all optimizer\.lr=\S+ seed=\d trainer\.epochs=2 "
+            r"tracking\.enabled=False verbose=1: "
             r"completed, val/accuracy 0\.\d{4}, \d+\.\d s",
             line,
         ), line
