@@ -430,6 +430,13 @@ def _write_summary(sweep_dir: Path, stopped: str | None, uri: str | None, change
         )
         print(shown.to_string(index=False, float_format="{:.4f}".format))
     print(f"summary: {sweep_dir / 'summary.csv'}", flush=True)
+    skipped = int(counts.get("skipped", 0))
+    if skipped:  # said once for the sweep, not by each job (bpexp.console)
+        print(
+            f"skipped {skipped} job(s): for each, a run already has this exact config (completed "
+            "or diverged); add force=true to run them again",
+            flush=True,
+        )
     bad = table[table["outcome"].isin(["failed", "invalid"])]
     _print_failed(bad)
     return bad
