@@ -244,6 +244,9 @@ class Progress:
             self._print(self.line())
 
     def _print(self, text: str) -> None:
+        if text == getattr(self, "_last", None):  # a tenth and a stage's end at one job
+            return
+        self._last = text
         if self._bar is not None:
             self._bar.write(text, file=sys.stdout)
         else:

@@ -46,7 +46,6 @@ import bpexp
 from bpexp import stop
 from bpexp.errors import TrackingError
 from bpexp.trainer import EndRecord, Record, StepRecord
-from bpexp.writer import Writer
 
 # MLflow logs every database error it re-raises with its traceback (and the SQL with up to
 # 10 rows of parameters). bpexp reports each such error itself, once, in a line naming the
@@ -368,7 +367,7 @@ class RunLogger:
     written them all: after ``flush()`` returns, every point logged so far is in the store.
     """
 
-    writer: Writer | None = None
+    writer = None  # a bpexp.writer.Writer, or None: the points are sent from this process
 
     def __init__(self, client: MlflowClient, run_id: str) -> None:
         self.client = client

@@ -37,7 +37,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from bpexp import jobs, stop
 from bpexp import protocol as proto
-from bpexp.config import CONF_DIR
 from bpexp.errors import ConfigError
 
 
@@ -150,12 +149,11 @@ class BpexpSweeper(Sweeper):
         marker = self._kind_marker(override)
         return marker if marker in self._composed else None
 
-    @staticmethod
-    def _kind_marker(override: str) -> str | None:
+    def _kind_marker(self, override: str) -> str | None:
         key, _, value = override.partition("=")
         kind = _number_kind(value)
-        name = key.lstrip("+~")
-        if kind is None or name == "sweep" or (CONF_DIR / name).is_dir():
+        groups = self.config.hydra.runtime.choices  # a config group's options are files
+        if kind is None or key.lstrip("+~") in groups:
             return None
         return f"{key}=<{kind}>"
 
