@@ -16,7 +16,8 @@ What it shows is set by ``verbose`` (``conf/config.yaml``; ``docs/usage.md#the-c
   end of each stage.
 - ``1``: and one line per job as it ends (in place of Hydra's): its number, arm and stage, its
   overrides, outcome, yardstick and time.
-- ``2``: and every run's own lines (its epochs, its run), as a single run prints them.
+- ``2``: every run's own lines instead (its run, its epochs, its end), as a single run prints
+  them, with Hydra's line as each job starts (outside a terminal), as before issue 27.
 
 Failed and invalid jobs are always printed, by the job and again at the end of the sweep.
 """
@@ -88,7 +89,7 @@ class Progress:
         self._stopped = threading.Event()
         self._bar = None
         self._filter = _DropJobLines()
-        if self.terminal or verbose >= 1:  # bpexp's job lines (or none) instead of Hydra's
+        if self.terminal or verbose == 1:  # bpexp's job lines (or none) instead of Hydra's
             for name in LAUNCHER_LOGGERS:
                 logging.getLogger(name).addFilter(self._filter)
         if self.terminal:
@@ -209,7 +210,7 @@ class Progress:
             self.outcomes[result.job_outcome] = self.outcomes.get(result.job_outcome, 0) + 1
             new.append(result)
         for result in sorted(new, key=lambda r: r.job):
-            if self.verbose >= 1:
+            if self.verbose == 1:  # (2: the jobs print their own lines, Hydra's too)
                 self._print(self.job_line(result))
         if new:
             self._show()

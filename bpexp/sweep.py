@@ -430,11 +430,14 @@ def _write_summary(sweep_dir: Path, stopped: str | None, uri: str | None, change
         )
         print(shown.to_string(index=False, float_format="{:.4f}".format))
     print(f"summary: {sweep_dir / 'summary.csv'}", flush=True)
-    skipped = int(counts.get("skipped", 0))
-    if skipped:  # said once for the sweep, not by each job (bpexp.console)
+    skipped: dict[str, int] = {}  # said once for the sweep, not by each job (bpexp.console)
+    for result in jobs.read_results(sweep_dir):
+        if result.skipped:
+            skipped[result.outcome] = skipped.get(result.outcome, 0) + 1
+    for outcome, n in sorted(skipped.items()):
         print(
-            f"skipped {skipped} job(s): for each, a run already has this exact config (completed "
-            "or diverged); add force=true to run them again",
+            f"skipped {n} job(s): a run already has this exact config ({outcome}); add "
+            "force=true to run them again",
             flush=True,
         )
     bad = table[table["outcome"].isin(["failed", "invalid"])]
