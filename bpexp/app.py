@@ -132,14 +132,17 @@ class Printer:
 
     MAX_LINES = 30
 
-    def __init__(self, epochs: int, stream_=sys.stdout) -> None:
+    def __init__(self, epochs: int, stream_=sys.stdout, every_epoch: bool = True) -> None:
         self.epochs = epochs
+        self.every_epoch = every_epoch  # False: the final line only (verbose=1)
         self.every = -(-epochs // self.MAX_LINES)  # ceil: at most ~30 epoch lines
         self.out = stream_
         self.start = time.perf_counter()
 
     def __call__(self, record: Record) -> None:
         if isinstance(record, EpochRecord):
+            if not self.every_epoch:
+                return
             if record.epoch % self.every and record.epoch != self.epochs:
                 return
             shown = "  ".join(
@@ -191,7 +194,9 @@ def execute(
     """
     exp = build(cfg)
     cfg = exp.cfg  # the typed config from here on
-    listeners = [*(listeners or []), *([Printer(cfg.trainer.epochs)] if echo else [])]
+    echo = echo and cfg.verbose != 0  # verbose=0: errors only; 1: no epoch lines
+    printer = Printer(cfg.trainer.epochs, every_epoch=cfg.verbose in (None, 2))
+    listeners = [*(listeners or []), *([printer] if echo else [])]
     if not cfg.tracking.enabled:
         return _train(exp, listeners, echo)
 
@@ -213,7 +218,9 @@ def execute(
             )
         return _stored_result(client, done, exp)
 
-    params = {**flat, "network.sizes": list(exp.net.sizes), "data.n_train": exp.n_train}
+    # How the command prints and writes (issue 27) is no param: a run's params stay its config.
+    logged = {k: v for k, v in flat.items() if k not in ("verbose", "tracking.writer")}
+    params = {**logged, "network.sizes": list(exp.net.sizes), "data.n_train": exp.n_train}
     run_tags = {
         "optimizer": cfg.optimizer.name,
         "sweep": sweep_name or "",
@@ -229,6 +236,10 @@ def execute(
     with tr.tracked_run(
         client, experiment_id, run_name(cfg), params, run_tags, parent_run_id, resume
     ) as log:
+        if cfg.tracking.writer:  # points written by a process of its own (bpexp.writer)
+            from bpexp import writer
+
+            log.writer = writer.for_uri(uri)
         if started:
             started(log.run_id)
         if echo:

@@ -66,6 +66,7 @@ class TrackingConfig:
     experiment: str = "bpexp"
     log_every_n_steps: int | None = None  # None: automatic, at most ~200 points per run
     plots: bool = False  # per-run PNGs, opt-in: MLflow's charts show the same curves
+    writer: bool = False  # True: a process of its own writes the points (bpexp.writer)
     timeout_seconds: float = 10.0
 
 
@@ -80,6 +81,9 @@ class Config:
     workload: WorkloadConfig = field(default_factory=WorkloadConfig)
     seed: int = 0
     force: bool = False  # true: rerun a job whose exact config already has a final run
+    # What a command prints (docs/usage.md#the-console): null is 2 for a single run, 0 for a
+    # multirun; 0: a multirun's progress only, 1: and one line per job, 2: and every epoch.
+    verbose: int | None = None
 
 
 def register() -> None:
@@ -220,6 +224,8 @@ def validate(cfg: Config) -> None:
         raise bad_value("tracking.log_every_n_steps", stride, "null (automatic) or >= 1")
     if not cfg.tracking.timeout_seconds > 0:
         raise bad_value("tracking.timeout_seconds", cfg.tracking.timeout_seconds, "a number > 0")
+    if cfg.verbose not in (None, 0, 1, 2):
+        raise bad_value("verbose", cfg.verbose, "null (automatic), 0, 1 or 2")
 
 
 def flatten(cfg: Config | DictConfig | dict, prefix: str = "") -> dict[str, object]:

@@ -128,6 +128,7 @@ class JobResult:
     curve: list[float] = field(default_factory=list)  # the yardstick per epoch (protocol)
     error: str = ""
     process: int | None = None  # which process ran the job (not in summary.csv)
+    seconds: float | None = None  # the job's wall time in its process (not in summary.csv)
 
     @property
     def job_outcome(self) -> str:

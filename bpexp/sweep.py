@@ -31,6 +31,7 @@ import json
 import os
 import socket
 import sys
+import time
 import traceback
 from datetime import datetime
 from pathlib import Path
@@ -290,6 +291,7 @@ def run_job(cfg: DictConfig) -> jobs.JobResult:
 def _run_job(cfg: DictConfig, result: jobs.JobResult) -> None:
     from bpexp.app import execute
 
+    start = time.perf_counter()
     _limit_blas_threads()
     tags = {"bpexp.arm": result.arm} if result.arm else {}
     if result.stage:
@@ -306,7 +308,7 @@ def _run_job(cfg: DictConfig, result: jobs.JobResult) -> None:
             raise TrackingError(_store_gone_message(uri, change))
         run = execute(
             cfg,
-            echo=True,
+            echo=(cfg.get("verbose") or 0) >= 2,  # a multirun's console: bpexp.console
             sweep_name=sweep_name(dict(HydraConfig.get().runtime.choices)),
             parent=ensure_parent,
             tags=tags,
@@ -340,6 +342,7 @@ def _run_job(cfg: DictConfig, result: jobs.JobResult) -> None:
     finally:
         if uri and "bpexp.tracking" in sys.modules:
             sys.modules["bpexp.tracking"].release_all_claims(uri)
+    result.seconds = round(time.perf_counter() - start, 3)
     result.write(sweep_dir)
 
 
@@ -434,6 +437,16 @@ def _write_summary(sweep_dir: Path, stopped: str | None, uri: str | None, change
         )
         print(shown.to_string(index=False, float_format="{:.4f}".format))
     print(f"summary: {sweep_dir / 'summary.csv'}", flush=True)
+    skipped: dict[str, int] = {}  # said once for the sweep, not by each job (bpexp.console)
+    for result in jobs.read_results(sweep_dir):
+        if result.skipped:
+            skipped[result.outcome] = skipped.get(result.outcome, 0) + 1
+    for outcome, n in sorted(skipped.items()):
+        print(
+            f"skipped {n} job(s): a run already has this exact config ({outcome}); add "
+            "force=true to run them again",
+            flush=True,
+        )
     bad = table[table["outcome"].isin(["failed", "invalid"])]
     _print_failed(bad)
     cut = int((table["outcome"] == "interrupted").sum())

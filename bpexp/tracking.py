@@ -318,7 +318,7 @@ def ensure_experiment(client: MlflowClient, name: str) -> str:
 
 # Settings that do not change what a run computes, left out of its config hash.
 # A workload's target is where a run is judged, not what it computes (bpexp.workload).
-NOT_IN_HASH = ("tracking.", "force", "data.url", "data.cache_dir", "workload.target")
+NOT_IN_HASH = ("tracking.", "force", "verbose", "data.url", "data.cache_dir", "workload.target")
 
 
 def config_hash(flat_config: dict[str, object]) -> str:
@@ -365,8 +365,13 @@ class RunLogger:
     as the run's artifact ``checkpoint/last.npz`` (:data:`CHECKPOINT_ARTIFACT`) once every
     point before it is in the store, so that a checkpoint in the store always has the run's
     history up to it there too. A logger of a resumed run (:meth:`resume`) skips the points
-    the run already has.
+    the run already has. With a ``writer`` (a process of its own, :mod:`bpexp.writer`; with
+    ``tracking.writer=true``, for a SQLite store), the points are handed to it at the end of
+    every epoch instead, and :meth:`flush` waits until it has written them all: after
+    ``flush()`` returns, every point logged so far is in the store.
     """
+
+    writer = None  # a bpexp.writer.Writer, or None: the points are sent from this process
 
     def __init__(self, client: MlflowClient, run_id: str) -> None:
         self.client = client
@@ -399,10 +404,11 @@ class RunLogger:
         else:
             for key, value in record.metrics.items():
                 self._add(key, value, record.epoch, now)
-            if (
-                not isinstance(record, EndRecord)
-                and time.monotonic() - self._last_flush > FLUSH_SECONDS
-            ):
+            if isinstance(record, EndRecord):
+                pass
+            elif self.writer is not None:
+                self._hand_over()
+            elif time.monotonic() - self._last_flush > FLUSH_SECONDS:
                 self.flush()
 
     def _add(self, key: str, value: float, step: int, timestamp: int) -> None:
@@ -412,8 +418,25 @@ class RunLogger:
         self._pending.append(Metric(key, value, timestamp, step))
         self.rows.append((key, step, value))
 
+    def _hand_over(self) -> None:
+        """Give the buffered points to the writer process; returns at once."""
+        if self._pending:
+            points = [(m.key, m.value, m.timestamp, m.step) for m in self._pending]
+            with stop.uninterrupted_write():  # a message cut in half would garble the pipe
+                self.writer.send(self.run_id, points)
+            self._pending = []
+
     def flush(self, tags: list[RunTag] | None = None) -> None:
-        """Send the buffered metrics (and ``tags``) in one request per 1000 entities."""
+        """Send the buffered metrics (and ``tags``) in one request per 1000 entities; with a
+        writer, wait until it has written every point handed over (the last ones with
+        ``tags``, in one request)."""
+        if self.writer is not None:
+            self._hand_over()
+            with stop.uninterrupted_write():
+                tag_pairs = [(t.key, t.value) for t in tags or []]
+                self.points_logged += self.writer.drain(self.run_id, tag_pairs)
+            self._last_flush = time.monotonic()
+            return
         pending, tags = self._pending, tags or []
         if pending or tags:
             # The client splits at MLflow's limits itself: tags, then metrics, <= 1000 a call.

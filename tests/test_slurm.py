@@ -386,9 +386,10 @@ def test_a_run_whose_slurm_job_ended_is_stale_from_any_host(slurm_cluster, tmp_p
     monkeypatch.setenv("SLURM_CONF", str(slurm_cluster.conf))
     for name in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"):
         monkeypatch.delenv(name, raising=False)
-    ended = slurm_cluster.run("sbatch", "--parsable", "-p", PARTITION, "--wrap", "true")
+    batch = ["sbatch", "--parsable", "-p", PARTITION, "-o", str(tmp_path / "slurm-%j.out")]
+    ended = slurm_cluster.run(*batch, "--wrap", "true")
     ended = ended.stdout.strip().split(";")[0]
-    alive = slurm_cluster.run("sbatch", "--parsable", "-p", PARTITION, "--wrap", "sleep 300")
+    alive = slurm_cluster.run(*batch, "--wrap", "sleep 300")
     alive = alive.stdout.strip().split(";")[0]
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

@@ -166,6 +166,7 @@ def test_signal_marks_the_run_killed_and_keeps_its_metrics(tmp_path, store_uri, 
 def test_interrupted_sweep_resumes_and_skips_completed_jobs(tmp_path, store_uri):
     # Job 0 trains 5 epochs, job 1 300 (a few seconds): Ctrl-C lands in job 1 for sure.
     args = ["-m", "trainer.epochs=5,300", f"tracking.uri={store_uri}", "tracking.plots=false"]
+    args.append("verbose=2")  # the jobs' epoch and skip lines (a multirun's default: progress)
     proc = start(args, tmp_path)
     wait_for(proc, "#1 :")
     wait_for(proc, "epoch ")  # job 1 is training
