@@ -593,11 +593,12 @@ def test_two_sweeps_started_in_the_same_second_get_their_own_folders_and_parents
     neither hangs its runs on the other's parent or overwrites its results."""
     sweeps = {"0.1,0.5": [0.1, 0.5], "1,2": [1.0, 2.0]}
     same_second = False
-    for _ in range(3):  # until the two picked their folder in the same second
+    for attempt in range(3):  # until the two picked their folder in the same second
+        # (another seed each attempt: the same configs again would be skipped, not completed)
         procs = {
             lrs: popen_cli(
-                ["-m", f"optimizer.lr={lrs}", "trainer.epochs=2", "tracking.plots=false"]
-                + [f"tracking.uri={store_uri}"],
+                ["-m", f"optimizer.lr={lrs}", f"seed={attempt}", "trainer.epochs=2"]
+                + ["tracking.plots=false", f"tracking.uri={store_uri}"],
                 tmp_path,
             )
             for lrs in sweeps
