@@ -422,8 +422,8 @@ def test_a_corrupt_or_read_only_store_is_a_clear_error_before_training(
         seeded = run_cli(["trainer.epochs=1", f"tracking.uri={uri}"], tmp_path)
         assert seeded.returncode == 0, seeded.stderr[-3000:]
         subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
-    args = ["-m", "seed=0,1"] if multirun else []
-    out = run_cli([*args, "trainer.epochs=1", f"tracking.uri={uri}"], tmp_path)
+    args = ["-m", "seed=0,1"] if multirun else []  # verbose=2: a multirun's epoch lines too
+    out = run_cli([*args, "trainer.epochs=1", "verbose=2", f"tracking.uri={uri}"], tmp_path)
     assert out.returncode == 2, out.stderr[-3000:]
     assert "Traceback" not in out.stderr, out.stderr[-3000:]
     assert f"error: tracking.uri={uri!r}" in out.stderr
@@ -645,7 +645,7 @@ def test_a_sweep_folder_in_use_is_refused_and_an_ended_ones_state_is_not_inherit
     first = popen_cli(["-m", "trainer.epochs=2,3000", *common], tmp_path)
     try:
         wait_for_training_runs(store_uri, 1, first, epochs="3000")
-        second = run_cli(["-m", "seed=5,6", "trainer.epochs=1", *common], tmp_path)
+        second = run_cli(["-m", "seed=5,6", "trainer.epochs=1", "verbose=2", *common], tmp_path)
         assert second.returncode == 2, second.stderr[-3000:]
         assert f"sweep folder {folder} is in use by another sweep" in second.stderr
         assert "epoch" not in second.stdout
