@@ -56,7 +56,11 @@ def test_the_report_shows_with_its_figures_in_the_artifact_view(served_sweep, tm
         # MLflow fetches the artifact and shows it in a sandboxed iframe (a blob: URL).
         frame = browser.wait_for(f"(f => f && f.src)({FRAME_JS})")
         assert frame and frame.startswith("blob:"), frame
-        figures = browser.wait_for(f"(x => x.length && x)({FIGURES_JS})", frames=True)
+        # (until every image of the page is decoded, not only the first)
+        figures = browser.wait_for(
+            f"(x => x.length && x.length === document.images.length && x)({FIGURES_JS})",
+            frames=True,
+        )
         heading = browser.wait_for("document.querySelector('h1').textContent", frames=True)
         left, top = browser.evaluate(f"(r => [r.left, r.top])({FRAME_JS}.getBoundingClientRect())")
         shot = browser.screenshot(tmp_path / "report.png")
