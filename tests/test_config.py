@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import FrozenInstanceError
 
 import numpy as np
@@ -324,3 +325,109 @@ def test_a_layer_too_wide_for_memory_is_refused_naming_the_key(composer):
     ):
         build(composer(["network.hidden=[1000000000]"]))
     assert build(composer(["network.hidden=[300]"])).net.sizes == (64, 300, 10)
+
+
+# ---------------------------------------------------------------------- SweepConfigLoader
+
+# Jobs as a sweep hands them to the launcher, in order: the main job's shape, then values the
+# loader derives (numbers, null, a quoted string, an interpolation) and cases it must leave to
+# Hydra (lists, config groups, hydra.*, + overrides).
+LRS = ["0.00316", "0.0848", "4.39", "31.6"]
+JOBS = [
+    ["sweep=optimizers", f"optimizer={arm}", f"optimizer.lr={lr}", f"seed={seed}"]
+    for arm in ("sgd", "momentum", "nesterov")
+    for lr in LRS
+    for seed in (0, 1, 100)
+] + [
+    ["optimizer=momentum", "optimizer.beta=0.5", "data.n_samples=null", "trainer.epochs=3"],
+    ["optimizer=momentum", "optimizer.beta=0.9", "data.n_samples=100", "trainer.epochs=${seed}"],
+    ["optimizer=momentum", "optimizer.beta=0.99", "data.n_samples=7", "trainer.epochs=4"],
+    ["tracking.experiment=a", "network.hidden=[10]", "hydra.job.chdir=false"],
+    ["tracking.experiment='a b'", "network.hidden=[20,5]", "hydra.job.chdir=false"],
+    ["tracking.experiment=c", "network.hidden=[20,5]", "hydra.job.chdir=false"],
+    ["tracking.experiment=c", "network.hidden=[20,5]", "hydra.job.chdir=true"],
+    ["+trainer.extra=1", "seed=3"],
+    ["+trainer.extra=2", "seed=4"],
+]
+
+
+@pytest.fixture
+def loaders():
+    """Hydra's own config loader and a SweepConfigLoader around another one, with the master
+    config of ``python -m bpexp -m`` (its resolved-once values cached, as in a sweep)."""
+    from hydra.types import RunMode
+
+    config.register()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config.CONF_DIR), version_base="1.3"):
+        hydra_loader = GlobalHydra.instance().config_loader()
+        master = hydra_loader.load_configuration("config", [], run_mode=RunMode.MULTIRUN)
+        yield master, hydra_loader, config.SweepConfigLoader(hydra_loader)
+    GlobalHydra.instance().clear()
+
+
+def _described(cfg) -> tuple:
+    """Everything a job sees of its config: every value (unresolved), the node types and flags."""
+
+    def types(node, prefix=""):
+        out = {}
+        for key in node:
+            child = node._get_node(key)
+            out[prefix + str(key)] = (type(child).__name__, OmegaConf.get_type(node, key))
+            if OmegaConf.is_dict(child) and not child._is_missing() and not child._is_none():
+                out.update(types(child, f"{prefix}{key}."))
+        return out
+
+    flags = [(OmegaConf.is_struct(n), OmegaConf.is_readonly(n)) for n in (cfg, cfg.hydra)]
+    return OmegaConf.to_container(cfg, resolve=False), types(cfg), flags, OmegaConf.to_yaml(cfg)
+
+
+def _task(cfg):
+    """The config a job's task function gets: the hydra node removed, as Hydra's run_job does."""
+    from omegaconf import open_dict, read_write
+
+    task = copy.deepcopy(cfg)
+    with read_write(task), open_dict(task):
+        del task["hydra"]
+    return task
+
+
+def test_sweep_config_loader_derives_the_same_configs_as_hydra(loaders):
+    master, hydra_loader, loader = loaders
+    for overrides in JOBS:
+        expected = hydra_loader.load_sweep_config(master, overrides)
+        derived = loader.load_sweep_config(master, overrides)
+        assert _described(derived) == _described(expected), overrides
+        assert config.typed(_task(derived)) == config.typed(_task(expected))
+    # One template per shape: the main job's 36 jobs came from its 3 arms, the 3 value jobs
+    # from one; a list, a hydra.* or a + override is part of the shape, composed by Hydra.
+    shapes = list(loader.templates)
+    assert len([s for s in shapes if "sweep=optimizers" in s]) == 3
+    assert len(shapes) == 3 + 1 + 3 + 2
+    assert loader.derived == len(JOBS) - len(shapes) == 36
+
+
+def test_sweep_config_loader_hands_out_copies(loaders):
+    master, _, loader = loaders
+    first = loader.load_sweep_config(master, ["optimizer.lr=0.5", "seed=1"])
+    second = loader.load_sweep_config(master, ["optimizer.lr=0.25", "seed=2"])
+    first.optimizer.lr = 99.0  # a launcher writes into its job's config (hydra.job.num, ...)
+    third = loader.load_sweep_config(master, ["optimizer.lr=0.5", "seed=1"])
+    assert (second.optimizer.lr, second.seed, third.optimizer.lr, third.seed) == (0.25, 2, 0.5, 1)
+    assert list(third.hydra.overrides.task) == ["optimizer.lr=0.5", "seed=1"]
+    assert third.hydra.job.override_dirname == "optimizer.lr=0.5,seed=1"
+
+
+@pytest.mark.parametrize(
+    "bad", [["optimizer.lr=abc", "seed=1"], ["optimizer.lr=0.1", "seed=1.5"], ["optimizer.lr=0.1", "seed=x"]]
+)
+def test_sweep_config_loader_leaves_bad_values_to_hydras_own_error(loaders, bad):
+    from hydra.errors import ConfigCompositionException
+
+    master, hydra_loader, loader = loaders
+    loader.load_sweep_config(master, ["optimizer.lr=0.5", "seed=1"])  # the template
+    with pytest.raises(ConfigCompositionException) as hydra_error:
+        hydra_loader.load_sweep_config(master, bad)
+    with pytest.raises(ConfigCompositionException) as derived_error:
+        loader.load_sweep_config(master, bad)
+    assert str(derived_error.value) == str(hydra_error.value)

@@ -110,7 +110,15 @@ class BpexpSweeper(Sweeper):
 
     def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
         from hydra.core.plugins import Plugins
+        from hydra.types import HydraContext
 
+        from bpexp.config import SweepConfigLoader
+
+        # Jobs that differ only in values are derived from one composed job (SweepConfigLoader).
+        hydra_context = HydraContext(
+            config_loader=SweepConfigLoader(hydra_context.config_loader),
+            callbacks=hydra_context.callbacks,
+        )
         self.hydra_context = hydra_context
         self.config = config
         self.launcher = Plugins.instance().instantiate_launcher(
