@@ -419,7 +419,12 @@ def test_sweep_config_loader_hands_out_copies(loaders):
 
 
 @pytest.mark.parametrize(
-    "bad", [["optimizer.lr=abc", "seed=1"], ["optimizer.lr=0.1", "seed=1.5"], ["optimizer.lr=0.1", "seed=x"]]
+    "bad",
+    [
+        ["optimizer.lr=abc", "seed=1"],
+        ["optimizer.lr=0.1", "seed=1.5"],
+        ["optimizer.lr=0.1", "seed=x"],
+    ],
 )
 def test_sweep_config_loader_leaves_bad_values_to_hydras_own_error(loaders, bad):
     from hydra.errors import ConfigCompositionException
