@@ -16,7 +16,10 @@ variants within each round so that a noisy machine hits them alike:
 Prints each time, the median per variant and the ratios (issue 27's targets: tracked <= 1.25 x
 untracked; joblib on 2 cores >= 1.7 x faster), and for every variant the training share: the
 time the launching process spent in ``bpexp.trainer.train`` (timed by wrapping it, see
-``TIMED_MAIN``) over the command's wall time (not for joblib, whose workers train).
+``TIMED_MAIN``) over the command's wall time (not for joblib, whose workers train). Each run
+also prints where the launching process spent its time: training, Hydra's compositions,
+the derived ones (``bpexp.config.SweepConfigLoader``), the sweep's end (summary, parent run,
+report), and every request to the store, by MlflowClient method (seconds/calls).
 The commit measured is printed first; ``--save`` writes benchmarks/results-main-job.txt.
 """
 
@@ -47,20 +50,35 @@ VARIANTS = {
 # A sitecustomize-free way to time the trainer in every process of the command (the launching
 # one and joblib's workers): python -c runs this, then bpexp's own main.
 TIMED_MAIN = """
-import atexit, os, sys, time
-import bpexp.trainer as trainer, bpexp.app as app
-spent = [0.0]
-original = trainer.train
-def train(*args, **kwargs):
-    start = time.perf_counter()
-    try:
-        return original(*args, **kwargs)
-    finally:
-        spent[0] += time.perf_counter() - start
-app.train = train
+import atexit, json, os, sys, time
+import bpexp.trainer as trainer, bpexp.app as app, bpexp.sweep as sweep, bpexp.config as config
+from hydra._internal.config_loader_impl import ConfigLoaderImpl
+spent = {}
+import threading
+def timed(name, original):
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:  # the main thread's calls only: the report reads runs in threads
+            if threading.current_thread() is threading.main_thread():
+                total, calls = spent.get(name, (0.0, 0))
+                spent[name] = (total + time.perf_counter() - start, calls + 1)
+    return wrapper
+app.train = timed("train", trainer.train)
+sweep.finish = timed("finish", sweep.finish)  # the sweep's summary, parent run and report
+ConfigLoaderImpl.load_sweep_config = timed("compose", ConfigLoaderImpl.load_sweep_config)
+config.SweepConfigLoader._derive = staticmethod(timed("derive", config.SweepConfigLoader._derive))
+try:
+    from mlflow.tracking import MlflowClient  # every request to the store, by method
+    for name, method in list(vars(MlflowClient).items()):
+        if callable(method) and not name.startswith("_"):
+            setattr(MlflowClient, name, timed("store." + name, method))
+except ImportError:
+    pass
 def save():
-    with open(os.path.join(os.environ["BPEXP_TRAIN_TIMES"], f"{os.getpid()}.txt"), "w") as f:
-        f.write(str(spent[0]))
+    with open(os.path.join(os.environ["BPEXP_TRAIN_TIMES"], f"{os.getpid()}.json"), "w") as f:
+        json.dump(spent, f)
 atexit.register(save)
 sys.argv = ["bpexp", *sys.argv[1:]]
 from bpexp.__main__ import main
@@ -68,8 +86,10 @@ main()
 """
 
 
-def run(extra: list[str]) -> tuple[float, float, int]:
-    """(seconds, seconds in the trainer, runs) of one main job in a fresh folder and store."""
+def run(extra: list[str]) -> tuple[float, dict[str, tuple[float, int]], int]:
+    """(seconds, {what: (seconds, calls)} in the launching process, runs) of one main job in a
+    fresh folder and store; ``what``: train, compose (Hydra), derive (SweepConfigLoader),
+    finish (summary and report), store.<MlflowClient method>."""
     with tempfile.TemporaryDirectory() as folder:
         times = Path(folder) / "train-times"
         times.mkdir()
@@ -87,10 +107,36 @@ def run(extra: list[str]) -> tuple[float, float, int]:
         elapsed = time.perf_counter() - start
         if proc.returncode != 0:
             raise RuntimeError(f"bpexp {' '.join(extra)} failed:\n{proc.stderr[-3000:]}")
-        trained = sum(float(p.read_text() or 0) for p in times.glob("*.txt"))
+        spent: dict[str, tuple[float, int]] = {}
+        for p in times.glob("*.json"):  # the launching process (joblib's workers are not timed)
+            for name, (seconds, calls) in json.loads(p.read_text() or "{}").items():
+                total, n = spent.get(name, (0.0, 0))
+                spent[name] = (total + seconds, n + calls)
         results = list(Path(folder).glob("multirun/*/*/results/*.json"))
         runs = sum(json.loads(p.read_text())["outcome"] != "invalid" for p in results)
-        return elapsed, trained, runs
+        return elapsed, spent, runs
+
+
+def breakdown(spent: dict[str, tuple[float, int]]) -> str:
+    """Where a variant's time went: training, Hydra's compositions, the sweep's end and the
+    store's requests (the top five methods by time): seconds/calls in the launching process's
+    main thread (a store request made while training, a checkpoint's, counts in both)."""
+    store = {k[6:]: v for k, v in spent.items() if k.startswith("store.")}
+    parts = [
+        f"{name} {spent[name][0]:.1f} s/{spent[name][1]}"
+        for name in ("train", "compose", "derive", "finish")
+        if name in spent
+    ]
+    if store:
+        total = sum(s for s, _ in store.values())
+        calls = sum(n for _, n in store.values())
+        top = sorted(store.items(), key=lambda kv: -kv[1][0])[:5]
+        parts.append(
+            f"store {total:.1f} s/{calls} requests ("
+            + ", ".join(f"{k} {s:.1f}/{n}" for k, (s, n) in top)
+            + ")"
+        )
+    return "; ".join(parts)
 
 
 def main() -> None:
@@ -104,14 +150,16 @@ def main() -> None:
     lines = [head, f"machine: {machine()}"]
     print("\n".join(lines), flush=True)
     times: dict[str, list[tuple[float, float, int]]] = {name: [] for name in names}
+    spent_of: dict[str, dict] = {}
     for r in range(args.rounds):
         order = names if r % 2 == 0 else names[::-1]
         for name in order:
-            t, trained, runs = run(VARIANTS[name])
+            t, spent, runs = run(VARIANTS[name])
+            trained = spent.get("train", (0.0, 0))[0] if not name.startswith("joblib") else 0.0
             times[name].append((t, trained, runs))
+            spent_of[name] = spent
             print(
-                f"round {r + 1} {name:17s} {t:7.1f} s, trainer {trained:6.1f} s ({runs} runs)",
-                flush=True,
+                f"round {r + 1} {name:17s} {t:7.1f} s ({runs} runs): {breakdown(spent)}", flush=True
             )
     median = {name: statistics.median(t for t, _, _ in ts) for name, ts in times.items()}
     for name, ts in times.items():

@@ -30,13 +30,10 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import time
 from multiprocessing.connection import Connection, Pipe
 
 from bpexp.errors import TrackingError
 
-BATCH = 300  # points written in one request while a run trains
-MAX_WAIT_SECONDS = 2.0  # a point waits at most this long to be written (a live run's UI)
 _writers: dict[str, Writer] = {}  # this process's writer, by store URI
 
 
@@ -147,31 +144,23 @@ def _serve(conn: Connection, uri: str) -> None:
         except Exception as exc:
             errors[run_id] = error_text(exc)
 
-    since: dict[str, float] = {}  # when each run's oldest pending point came in
-    while True:
-        # A request costs ~10 ms whatever its size (MLflow reads the run first): points wait
-        # until there are BATCH of them, or until the oldest has waited MAX_WAIT_SECONDS.
-        due = min(since.values(), default=None)
-        timeout = None if due is None else max(0.0, due + MAX_WAIT_SECONDS - time.monotonic())
-        try:
-            if not conn.poll(timeout):  # nothing came in: write what has waited long enough
-                for run_id in [
-                    r for r, t in since.items() if t + MAX_WAIT_SECONDS <= time.monotonic()
-                ]:
-                    since.pop(run_id)
-                    write(run_id, [])
-                continue
-            message = conn.recv()
-        except (EOFError, OSError):  # the run's process is gone
-            return
+    def handle(message) -> None:
         run_id = message[1]
         if message[0] == "points":
             pending.setdefault(run_id, []).extend(message[2])
-            since.setdefault(run_id, time.monotonic())
-            if len(pending[run_id]) >= BATCH:
-                since.pop(run_id)
-                write(run_id, [])
         else:  # a drain: write what is pending for the run with its tags, then answer
-            since.pop(run_id, None)
             write(run_id, message[2])
             conn.send(("drained", written.pop(run_id, 0), errors.pop(run_id, "")))
+
+    while True:
+        # Points are written as soon as the writer is free, all that came in meanwhile in one
+        # request per run: a request costs ~10 ms whatever its size (MLflow reads the run
+        # first), so the requests grow while the store is slow and the writer keeps up.
+        try:
+            handle(conn.recv())
+            while conn.poll(0):
+                handle(conn.recv())
+        except (EOFError, OSError):  # the run's process is gone
+            return
+        for run_id in list(pending):
+            write(run_id, [])
