@@ -180,7 +180,6 @@ def main() -> None:
     lines = [head, f"machine: {machine()}"]
     print("\n".join(lines), flush=True)
     times: dict[str, list[tuple[float, float, int]]] = {name: [] for name in names}
-    spent_of: dict[str, dict] = {}
     for r in range(args.rounds):
         order = names if r % 2 == 0 else names[::-1]
         for name in order:
@@ -188,10 +187,8 @@ def main() -> None:
             cores = 2 if name.startswith("joblib") else 1  # joblib's workers: one per core
             trained = spent.get("train", (0.0, 0))[0] / cores
             times[name].append((t, trained, runs))
-            spent_of[name] = spent
-            print(
-                f"round {r + 1} {name:17s} {t:7.1f} s ({runs} runs): {breakdown(spent)}", flush=True
-            )
+            lines.append(f"round {r + 1} {name:17s} {t:7.1f} s ({runs} runs): {breakdown(spent)}")
+            print(lines[-1], flush=True)
     median = {name: statistics.median(t for t, _, _ in ts) for name, ts in times.items()}
     for name, ts in times.items():
         share = statistics.median(trained / t for t, trained, _ in ts)
@@ -212,7 +209,7 @@ def main() -> None:
             ratio = median[a] / median[b]
             extra = f", speed-up {1 / ratio:.2f}" if a.startswith("joblib") else ""
             lines.append(f"{a} / {b} = {ratio:.3f}{extra}  {note}".rstrip())
-    print("\n".join(lines[2:]))
+    print("\n".join(lines[2 + sum(len(ts) for ts in times.values()) :]))
     if args.save:
         (ROOT / "benchmarks" / "results-main-job.txt").write_text("\n".join(lines) + "\n")
 

@@ -58,7 +58,17 @@ def for_uri(uri: str) -> Writer | None:
             file=sys.stderr,
         )
         return None
+    _one_blas_thread()
     return writer
+
+
+def _one_blas_thread() -> None:
+    """The training process keeps one BLAS thread once it has a writer: the writer needs the
+    other core, on which OpenBLAS's second thread would spin (the main job: 73.8 s with the
+    writer and two BLAS threads, against 69.1 s without a writer; benchmarks/README.md)."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
 
 
 class Writer:
