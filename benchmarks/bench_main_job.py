@@ -22,7 +22,7 @@ time of both cores). Each run also prints where its processes spent their time (
 wrapping functions, see ``TIMING_SITE``; seconds/calls, summed over the launching process and
 joblib's workers): training; bpexp's part of the jobs (``job``: building, training, logging)
 and Hydra's part around it (``hydra_job``, which includes ``job``); Hydra's compositions and
-the derived ones (``bpexp.config.SweepConfigLoader``); Hydra's singleton state, which its
+the derived ones (the sweeper's ``SweepConfigLoader``); Hydra's singleton state, which its
 joblib launcher installs again in every job (``set_state``); the sweep's end (summary,
 parent run, report); every request to the store, by MlflowClient method.
 The commit measured is printed first; ``--save`` writes benchmarks/results-main-job.txt.
@@ -58,7 +58,8 @@ VARIANTS = {
 # when something imports it (an untracked run never does, and must not pay its import).
 TIMING_SITE = """
 import atexit, importlib.abc, json, os, sys, threading, time
-import bpexp.trainer as trainer, bpexp.app as app, bpexp.sweep as sweep, bpexp.config as config
+import bpexp.trainer as trainer, bpexp.app as app, bpexp.sweep as sweep
+from hydra_plugins.bpexp_sweeper.bpexp_sweeper import SweepConfigLoader
 from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra.core import utils as hydra_utils
 from hydra.core.singleton import Singleton
@@ -84,7 +85,7 @@ sweep.finish = timed("finish", sweep.finish)  # the sweep's summary, parent run 
 hydra_utils.run_job = timed("hydra_job", hydra_utils.run_job)  # Hydra's part around it
 Singleton.set_state = staticmethod(timed("set_state", Singleton.set_state))
 ConfigLoaderImpl.load_sweep_config = timed("compose", ConfigLoaderImpl.load_sweep_config)
-config.SweepConfigLoader._derive = staticmethod(timed("derive", config.SweepConfigLoader._derive))
+SweepConfigLoader._derive = staticmethod(timed("derive", SweepConfigLoader._derive))
 def wrap_client(module):
     for name, method in list(vars(module.MlflowClient).items()):
         if callable(method) and not name.startswith("_"):

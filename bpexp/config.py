@@ -12,7 +12,6 @@ names, incompatible pairs) before anything runs.
 
 from __future__ import annotations
 
-import copy
 import re
 import sys
 from collections.abc import Sequence
@@ -242,97 +241,3 @@ def flatten(cfg: Config | DictConfig | dict, prefix: str = "") -> dict[str, obje
         else:
             out[dotted] = value
     return out
-
-
-class SweepConfigLoader:
-    """Hydra's config loader for a sweep's jobs, deriving a job's config from an earlier one's.
-
-    Hydra composes every job of a sweep from scratch (~0.15 s: the defaults tree, every yaml
-    file, the schema; the main job's 120 runs spent about as long composing as training). Two
-    jobs whose overrides differ only in the values of plain ``key=value`` overrides of config
-    keys (``optimizer.lr=0.1`` / ``optimizer.lr=0.2``, ``seed=0`` / ``seed=1``) compose to the
-    same config but for those values and the two fields Hydra computes from the overrides
-    (``hydra.overrides.task``, ``hydra.job.override_dirname``). So the first job of each *shape*
-    is composed by Hydra and kept as a template; the next ones are a copy of it with those
-    values set as Hydra sets them (``OmegaConf.update(..., merge=True)`` on the struct config).
-    Config groups (``optimizer=nesterov``), ``hydra.*``, ``+``/``~``/``++`` overrides and list
-    or dict values always go to Hydra; so does any job whose value does not fit (a type error
-    then comes from Hydra, as before). tests/test_config.py checks that derived configs equal
-    Hydra's for every job of the main job and of grids mixing those cases.
-
-    It wraps the loader Hydra hands the sweeper (:class:`hydra.core.config_loader.ConfigLoader`,
-    Hydra's public interface for it); the launchers get it through the sweeper's
-    ``HydraContext`` and pickle it to their workers with the templates composed so far.
-    """
-
-    MAX_TEMPLATES = 64
-
-    def __init__(self, loader) -> None:
-        self.loader = loader
-        self.templates: dict[tuple, tuple[list, DictConfig]] = {}
-        self.derived = 0  # jobs derived from a template (the others were composed by Hydra)
-
-    def __getattr__(self, name: str):  # the rest of Hydra's ConfigLoader interface
-        if name in ("loader", "templates", "derived"):
-            raise AttributeError(name)
-        return getattr(self.loader, name)
-
-    def load_sweep_config(self, master_config: DictConfig, sweep_overrides: list[str]):
-        overrides = list(sweep_overrides)
-        try:
-            shape, parsed = self._shape(master_config, overrides)
-        except Exception:  # noqa: BLE001 - Hydra parses it again and says what is wrong
-            shape, parsed = None, None
-        if shape is not None and shape in self.templates:
-            template_overrides, template = self.templates[shape]
-            try:
-                cfg = self._derive(master_config, template, template_overrides, parsed)
-                self.derived += 1
-                return cfg
-            except Exception:  # noqa: BLE001 - Hydra composes it and names what is wrong
-                pass
-        cfg = self.loader.load_sweep_config(master_config, overrides)
-        if shape is not None and len(self.templates) < self.MAX_TEMPLATES:
-            self.templates[shape] = (parsed, copy.deepcopy(cfg))
-        return cfg
-
-    def _shape(self, master_config: DictConfig, overrides: list[str]):
-        """``(shape, parsed overrides)``: the shape is the overrides with the values of the
-        derivable ones left out; ``None`` when nothing can be derived (a sweep override)."""
-        from hydra.core.override_parser.overrides_parser import OverridesParser
-
-        parsed = OverridesParser.create().parse_overrides(overrides)
-        groups = set(master_config.hydra.runtime.choices)
-        shape = []
-        for o in parsed:
-            if o.is_sweep_override():
-                return None, None
-            shape.append(("value", o.key_or_group) if self._derivable(o, groups) else o.input_line)
-        return tuple(shape), parsed
-
-    @staticmethod
-    def _derivable(override, groups: set[str]) -> bool:
-        key = override.key_or_group
-        plain = not (override.is_add() or override.is_force_add() or override.is_delete())
-        return (
-            plain
-            and override.package is None
-            and key not in groups
-            and not key.startswith("hydra")
-            and not isinstance(override.value(), (dict, list))
-        )
-
-    @staticmethod
-    def _derive(master_config, template, template_overrides, parsed) -> DictConfig:
-        cfg = copy.deepcopy(template)
-        for old, new in zip(template_overrides, parsed, strict=True):
-            if old.input_line != new.input_line:
-                OmegaConf.update(cfg, new.key_or_group, new.value(), merge=True)
-        task = [o for o in parsed if not o.is_hydra_override()]
-        cfg.hydra.overrides.task = [o.input_line for o in task]
-        # As hydra._internal.config_loader_impl.get_overrides_dirname computes it.
-        dirname = cfg.hydra.job.config.override_dirname
-        lines = sorted(o.input_line for o in task if o.key_or_group not in dirname.exclude_keys)
-        cfg.hydra.job.override_dirname = re.sub("=", dirname.kv_sep, dirname.item_sep.join(lines))
-        OmegaConf.copy_cache(from_config=master_config, to_config=cfg)
-        return cfg

@@ -15,6 +15,7 @@ from bpexp import config
 from bpexp.app import build
 from bpexp.errors import ConfigError
 from bpexp.optimizer import Optimizer
+from hydra_plugins.bpexp_sweeper.bpexp_sweeper import SweepConfigLoader
 
 GROUPS = ["network", "cost", "optimizer", "data", "trainer", "tracking"]
 SWEEPS = sorted(p.stem for p in (config.SWEEPS_DIR / "sweep").glob("*.yaml"))
@@ -362,7 +363,7 @@ def loaders():
     with initialize_config_dir(config_dir=str(config.CONF_DIR), version_base="1.3"):
         hydra_loader = GlobalHydra.instance().config_loader()
         master = hydra_loader.load_configuration("config", [], run_mode=RunMode.MULTIRUN)
-        yield master, hydra_loader, config.SweepConfigLoader(hydra_loader)
+        yield master, hydra_loader, SweepConfigLoader(hydra_loader)
     GlobalHydra.instance().clear()
 
 
