@@ -157,7 +157,7 @@ class Progress:
         """Each arm's best setting so far in the current stage: ``sgd lr=4.39 0.951``."""
         by_arm: dict[str, dict[str, list[float]]] = {}
         tokens: dict[str, list[set[str]]] = {}
-        for result in self.seen.values():
+        for _, result in sorted(self.seen.items()):  # the arms in the jobs' order
             if result.stage != self.stage or result.outcome in FAILED:
                 continue
             words = set(result.overrides.split())

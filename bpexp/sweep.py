@@ -64,7 +64,8 @@ class SweepCallback(Callback):
         name = sweep_name(dict(config.hydra.runtime.choices))
         lock = _take_folder(sweep_dir)
         _launched.clear()
-        _launched.update(dir=sweep_dir, uri=None, running_lock=lock)
+        verbose = config.get("verbose")
+        _launched.update(dir=sweep_dir, uri=None, running_lock=lock, verbose=verbose or 0)
         print(f"sweep {name!r}: outputs in {sweep_dir}", flush=True)
         stop.launching(sweep_dir, str((config.hydra.get("launcher") or {}).get("_target_", "")))
         if config.tracking.enabled:
@@ -376,6 +377,7 @@ def finish(stopped: str | None = None) -> int:
     stop.finishing()  # from here a stop signal interrupts this process, not the jobs
     sweep_dir, uri = Path(_launched["dir"]), _launched["uri"]
     timeout = float(_launched.get("timeout", 10.0))
+    verbose = int(_launched.get("verbose", 0))
     lock = _launched.pop("running_lock", None)
     _launched.clear()
     parent_file = sweep_dir / PARENT_FILE
@@ -386,7 +388,7 @@ def finish(stopped: str | None = None) -> int:
                 if stopped == "aborted" and not (sweep_dir / jobs.RESULTS_FOLDER).exists():
                     return 1  # stopped before any job (bad input, reported already)
                 change = store_changed(sweep_dir, uri) if uri else None
-                bad, cut = _write_summary(sweep_dir, stopped, uri, change)
+                bad, cut = _write_summary(sweep_dir, stopped, uri, change, verbose)
                 parent = parent_file.read_text().strip() if parent_file.exists() else None
             if cut and not stopped:  # jobs stopped from outside (scancel, a preemption)
                 stopped = "interrupted"
@@ -413,10 +415,16 @@ def finish(stopped: str | None = None) -> int:
             lock.close()  # the parent is closed: a later sweep may judge it
 
 
-def _write_summary(sweep_dir: Path, stopped: str | None, uri: str | None, change: str | None):
+def _write_summary(
+    sweep_dir: Path, stopped: str | None, uri: str | None, change: str | None, verbose: int = 0
+):
     """Write and print ``summary.csv``, then the failed jobs; returns (the failed rows, the
     number of interrupted jobs). When the store was deleted or replaced, no run of the sweep is
-    in it: every job that has a run there is reported failed."""
+    in it: every job that has a run there is reported failed.
+
+    A grid's table of jobs is its answer and is printed whole. Under a protocol the answer is
+    the protocol's table, printed already: the jobs' table (120 rows for the main job) is
+    printed only with ``verbose`` >= 1, and is otherwise in ``summary.csv``."""
     table = jobs.summary(sweep_dir)
     if change:
         lost = table["run_id"].notna() & ~table["outcome"].isin(["failed", "invalid"])
@@ -435,7 +443,9 @@ def _write_summary(sweep_dir: Path, stopped: str | None, uri: str | None, change
             + (f"; the sweep was {stopped}" if stopped else "")
             + ")"
         )
-        print(shown.to_string(index=False, float_format="{:.4f}".format))
+        protocol = (sweep_dir / "protocol" / "final_table.csv").exists()
+        if not protocol or verbose >= 1:
+            print(shown.to_string(index=False, float_format="{:.4f}".format))
     print(f"summary: {sweep_dir / 'summary.csv'}", flush=True)
     skipped: dict[str, int] = {}  # said once for the sweep, not by each job (bpexp.console)
     for result in jobs.read_results(sweep_dir):

@@ -75,12 +75,12 @@ def test_verbose_2_prints_every_epoch_of_every_job(tmp_path):
     assert out.stdout.count("epoch 2/2") == 4
 
 
-@pytest.mark.slow
-def test_a_multirun_in_a_terminal_shows_one_bar_and_no_job_lines(tmp_path):
+def in_terminal(args: list[str], folder: Path) -> tuple[int, str]:
+    """``python -m bpexp ARGS`` in a pseudo-terminal 160 columns wide: (exit code, output)."""
     pid, fd = pty.fork()
-    if pid == 0:  # the child: bpexp in a pseudo-terminal 160 columns wide
-        os.chdir(tmp_path)
-        os.execve(sys.executable, [sys.executable, "-m", "bpexp", *GRID], cli_env())
+    if pid == 0:  # the child
+        os.chdir(folder)
+        os.execve(sys.executable, [sys.executable, "-m", "bpexp", *args], cli_env())
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
     chunks = []
     while True:
@@ -92,8 +92,13 @@ def test_a_multirun_in_a_terminal_shows_one_bar_and_no_job_lines(tmp_path):
             break
         chunks.append(data)
     _, status = os.waitpid(pid, 0)
-    text = b"".join(chunks).decode(errors="replace")
-    assert os.waitstatus_to_exitcode(status) == 0, text[-3000:]
+    return os.waitstatus_to_exitcode(status), b"".join(chunks).decode(errors="replace")
+
+
+@pytest.mark.slow
+def test_a_multirun_in_a_terminal_shows_one_bar_and_no_job_lines(tmp_path):
+    code, text = in_terminal(GRID, tmp_path)
+    assert code == 0, text[-3000:]
     assert "\r" in text  # the bar redraws itself in place
     bars = re.findall(r"(\d+)/4 jobs \[", text)
     assert bars and bars[-1] == "4" and {"0", "4"} <= set(bars), text[-3000:]
@@ -121,6 +126,37 @@ def test_a_protocol_sweep_shows_its_stages_and_each_arms_best(tmp_path):
     last = [line for line in out.stdout.splitlines() if line.startswith("progress: 10/10")][-1]
     assert re.search(r"best val/accuracy: sgd [\d.]+ \| momentum [\d.]+$", last), last
     assert "stage" in summary_of(tmp_path).columns
+    # The protocol's table is the answer; the table of its 10 jobs is in summary.csv only.
+    assert "sweep summary (10 jobs: 10 completed)" in out.stdout
+    assert not JOB_ROW.search(out.stdout), out.stdout[-3000:]
+    again = run_cli([*args, "verbose=1"], tmp_path)  # verbose=1: the jobs' table too
+    assert len(JOB_ROW.findall(again.stdout)) == 10, again.stdout[-3000:]
+
+
+JOB_ROW = re.compile(r"^\s*\d+\s+(sgd|momentum|nesterov)\s+(tune|confirm)\s", re.M)
+
+
+@pytest.mark.slow
+def test_the_main_job_in_a_terminal_fits_on_one_screen_but_its_answer(tmp_path):
+    """The main job's protocol, shrunk to 36 runs of 2 epochs: what a terminal shows, the
+    protocol's table apart, fits in 40 rows."""
+    args = [
+        "sweep=optimizers",
+        "hydra.sweeper.protocol.search.optimizer.lr.points=4",
+        "hydra.sweeper.protocol.confirm_seeds=[100,101,102,103]",
+        "trainer.epochs=2",
+    ]
+    code, text = in_terminal(args, tmp_path)
+    assert code == 0, text[-3000:]
+    lines = text.replace("\r\n", "\n").split("\n")
+    start = next(i for i, line in enumerate(lines) if line.startswith("protocol result"))
+    answer = lines[start : start + 5]  # its title, header and 3 arms
+    assert [line.split()[0] for line in answer[2:]] == sorted(
+        [line.split()[0] for line in answer[2:]], key=[a.split()[0] for a in answer[2:]].index
+    )
+    rest = lines[:start] + lines[start + 5 :]
+    assert len([line for line in rest if line.strip()]) <= 40 - 5, "\n".join(rest)
+    assert not JOB_ROW.search(text) and not re.search(r"#\d+ : ", text)
 
 
 # ----------------------------------------------------------------------------- the writer
