@@ -214,8 +214,7 @@ def ensure_parent(client, experiment_id: str) -> str:
                 **launcher_tags(sweep_dir),
             },
         )
-        id_file.write_text(run.info.run_id)
-        print(f"sweep {name!r}: parent run {run.info.run_id}", flush=True)
+        id_file.write_text(run.info.run_id)  # its id is printed at the sweep's end (finish)
         return run.info.run_id
 
 
@@ -547,6 +546,7 @@ def _close_parent(
     except Exception as exc:
         _cannot_close(uri, parent, sweep_dir, status, exc)
         return False, interrupted
+    print(f"parent run {parent}: {status}", flush=True)
     return True, interrupted
 
 
