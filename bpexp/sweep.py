@@ -26,6 +26,7 @@ Measured on a 42-run cut of the main job (5 lrs, 4 confirm seeds), two rounds: 1
 from __future__ import annotations
 
 import fcntl
+import functools
 import gc
 import json
 import os
@@ -193,9 +194,11 @@ def _store_gone_message(uri: str, change: str) -> str:
     )
 
 
-def ensure_parent(client, experiment_id: str) -> str:
+def ensure_parent(client, experiment_id: str, say: bool = False) -> str:
     """The sweep's parent run id, created once for all jobs (a file lock in the sweep folder
-    serialises parallel jobs; the id is kept in ``<sweep_dir>/parent_run_id``)."""
+    serialises parallel jobs; the id is kept in ``<sweep_dir>/parent_run_id``). ``say``: print
+    a line when this job creates it (``verbose=2``, the jobs' own lines; the sweep's end prints
+    the id in any case)."""
     sweep_dir = job_sweep_dir()
     name = sweep_name(dict(HydraConfig.get().runtime.choices))
     started = datetime.now().strftime("%Y-%m-%d %H:%M:%S")
@@ -214,7 +217,9 @@ def ensure_parent(client, experiment_id: str) -> str:
                 **launcher_tags(sweep_dir),
             },
         )
-        id_file.write_text(run.info.run_id)  # its id is printed at the sweep's end (finish)
+        id_file.write_text(run.info.run_id)
+        if say:
+            print(f"sweep {name!r}: parent run {run.info.run_id} created", flush=True)
         return run.info.run_id
 
 
@@ -310,7 +315,7 @@ def _run_job(cfg: DictConfig, result: jobs.JobResult) -> None:
             cfg,
             echo=(cfg.get("verbose") or 0) >= 2,  # a multirun's console: bpexp.console
             sweep_name=sweep_name(dict(HydraConfig.get().runtime.choices)),
-            parent=ensure_parent,
+            parent=functools.partial(ensure_parent, say=(cfg.get("verbose") or 0) >= 2),
             tags=tags,
             started=started,
         )

@@ -119,6 +119,7 @@ def test_the_first_valid_job_creates_the_parent_run(tmp_path, store_uri):
             "trainer.epochs=1",
             "tracking.plots=false",
             f"tracking.uri={store_uri}",
+            "verbose=2",  # the jobs' own lines: the one that creates the parent says so
         ],
         tmp_path,
     )
@@ -132,6 +133,7 @@ def test_the_first_valid_job_creates_the_parent_run(tmp_path, store_uri):
     assert "optimizer.lr" in proc.stderr
     out = proc.stdout
     created = out.index("parent run ")
+    assert out[created:].startswith(f"parent run {runs_in(store_uri)[0][0].info.run_id} created")
     assert out.index("#0 :") < out.index("#1 :") < created < out.index("#2 :")
     (parent,), children = runs_in(store_uri)
     assert parent.info.status == "FAILED"  # invalid jobs make the sweep fail
