@@ -234,14 +234,12 @@ def execute(
     if state is not None:
         run_tags["bpexp.resumed_from_epoch"] = str(state.epoch)
     with tr.tracked_run(
-        client, experiment_id, run_name(cfg), params, run_tags, parent_run_id, resume
+        client, experiment_id, run_name(cfg), params, run_tags, parent_run_id, resume, started
     ) as log:
         if cfg.tracking.writer:  # points written by a process of its own (bpexp.writer)
             from bpexp import writer
 
             log.writer = writer.for_uri(uri)
-        if started:
-            started(log.run_id)
         if echo:
             print(
                 f"tracking: run {log.run_id} in experiment {cfg.tracking.experiment!r} at {uri}"

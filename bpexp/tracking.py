@@ -33,7 +33,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -710,6 +710,7 @@ def tracked_run(
     tags: dict[str, str],
     parent_run_id: str | None = None,
     resume=None,
+    started: Callable[[str], None] | None = None,
 ) -> Iterator[RunLogger]:
     """A run's whole life: created with its params and tags on entry (or, given ``resume``,
     an interrupted run of the same config reopened: :func:`resumable_run`); the block trains
@@ -720,6 +721,9 @@ def tracked_run(
     job is requeued, :mod:`bpexp.stop`), ends it KILLED with outcome ``interrupted``, any other
     error FAILED with ``traceback.txt`` and the reason in ``bpexp.error``; the points logged so
     far are kept, and the error goes on up.
+
+    ``started(run_id)`` is called as soon as the run exists, before a stop signal that came
+    while it was created is raised: whoever keeps the job's result has the run it closed.
     """
     all_tags = {
         "bpexp.version": bpexp.__version__,
@@ -749,6 +753,8 @@ def tracked_run(
                 logger = RunLogger(client, run.info.run_id)
                 for chunk in _chunks(param_list, 100):
                     client.log_batch(run.info.run_id, params=chunk, synchronous=True)
+            if started:
+                started(logger.run_id)
         yield logger
         end_run(logger, logger.outcome, logger.end_tags)
     except (KeyboardInterrupt, SystemExit):

@@ -481,16 +481,21 @@ def test_ctrl_c_during_any_write_of_a_run_closes_it_and_leaves_the_store_usable(
 ):
     """``python -m bpexp``'s own Ctrl-C handler, a real signal: whether it lands while the run
     is created, its params or points are sent, or its status is set, the run ends closed (KILLED
-    if it had not ended yet) and the store takes the next write."""
+    if it had not ended yet) and the store takes the next write. ``started`` hears of the run
+    even when the signal came while it was created (a sweep's job then records the run it
+    closed: CI once found a KILLED run missing from summary.csv)."""
     from bpexp import stop
     from bpexp.tracking import ensure_experiment, tracked_run
 
     client = SignalledClient(store_uri, method, call)
     experiment_id = ensure_experiment(MlflowClient(tracking_uri=store_uri), "bpexp")
     previous = signal.signal(signal.SIGINT, stop.on_signal)
+    heard = []
     try:
         with pytest.raises(KeyboardInterrupt):
-            with tracked_run(client, experiment_id, "r", {"seed": 0}, {}) as logger:
+            with tracked_run(
+                client, experiment_id, "r", {"seed": 0}, {}, started=heard.append
+            ) as logger:
                 logger(EpochRecord(epoch=0, metrics={"train/loss": 1.0}))
                 logger.flush()
                 logger(EpochRecord(epoch=1, metrics={"train/loss": 0.5}))
@@ -499,6 +504,7 @@ def test_ctrl_c_during_any_write_of_a_run_closes_it_and_leaves_the_store_usable(
         stop.reset()  # the handler marked this process as stopping
     plain = MlflowClient(tracking_uri=store_uri)
     (run,) = plain.search_runs([experiment_id])
+    assert heard == [run.info.run_id]
     assert run.info.status == status, run.data.tags
     assert run.data.params == {"seed": "0"}
     logged = [m.step for m in plain.get_metric_history(run.info.run_id, "train/loss")]
