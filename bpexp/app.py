@@ -20,6 +20,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from bpexp import config as config_module
+from bpexp import stop
 from bpexp.checkpoint import CheckpointError, TrainState, check_fingerprint
 from bpexp.config import CONF_DIR, Config, flatten, typed
 from bpexp.cost import Cost, get_cost
@@ -164,6 +165,7 @@ class Printer:
 
 def _fan_out(listeners: list[Listener]) -> Listener:
     def emit(record: Record) -> None:
+        stop.exit_if_preempted()  # a preemption whose exit was lost (bpexp.stop)
         for listener in listeners:
             listener(record)
 

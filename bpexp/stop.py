@@ -279,6 +279,18 @@ def preempted() -> bool:
     return _state.preempted
 
 
+def exit_if_preempted() -> None:
+    """Raise the preemption's SystemExit again if this process got the signal and is still
+    running outside a store write: its first one was lost. A signal handler runs in whatever
+    frame Python is in, and an exception raised in a finaliser (a weakref callback during a
+    garbage collection) is printed as "Exception ignored" and dropped; the job then trained on
+    with its run RUNNING until SLURM killed it (tests/test_slurm.py, CI at 698b406). Called
+    for every training record (:func:`bpexp.app.execute`), so the run is closed KILLED at the
+    next step at the latest; submitit has already requeued the job."""
+    if _state.preempted and not _state.write_depth:
+        raise SystemExit(-1)
+
+
 def watch_launcher(pid: int, start: str, host: str) -> None:
     """In a job process (a joblib worker, a submitit task): once the launching process ``pid``
     (started at ``start``, see :func:`process_start`) is gone (kill -9, a crash), end this one

@@ -271,7 +271,14 @@ def test_sigusr2_requeues_the_job_and_it_resumes_the_same_run_bit_identical(
                 launcher,
                 log,
             )
-            killed = client.get_run(run.info.run_id)
+
+            # submitit requeues the job (PENDING) before the SystemExit that closes the run
+            # unwinds the job's process: the run is KILLED a moment later, not at once.
+            def closed(run_id=run.info.run_id, client=client):
+                found = client.get_run(run_id)
+                return found if found.info.status != "RUNNING" else None
+
+            killed = wait_for("the run closed", closed, launcher, log, timeout=60)
             assert killed.info.status == "KILLED" and killed.data.tags["outcome"] == "interrupted"
             after = int(killed.data.tags["bpexp.checkpoint_epoch"])
             wait_for(

@@ -113,3 +113,35 @@ def test_the_preemption_handler_keeps_submitits_and_never_cuts_a_store_write():
     finally:
         signal.signal(signal.SIGUSR2, previous)
         stop.reset()
+
+
+def test_a_preemption_whose_exit_was_lost_ends_the_job_at_its_next_record(monkeypatch):
+    """A signal handler's exception raised inside a finaliser is dropped by Python ("Exception
+    ignored"), as a weakref callback shows here; the next training record raises the
+    preemption's SystemExit again, outside any store write, and passes nothing on."""
+    import weakref
+
+    from bpexp import app
+    from bpexp.trainer import EpochRecord
+
+    class Key:
+        pass
+
+    def lost_exit(_):
+        raise SystemExit(-1)  # what submitit's handler raises, landing in a finaliser
+
+    key = Key()
+    ref = weakref.ref(key, lost_exit)
+    del key  # the callback runs, raises, and Python ignores it
+    assert ref() is None
+    seen = []
+    emit = app._fan_out([seen.append])
+    record = EpochRecord(epoch=0, metrics={"train/loss": 1.0})
+    emit(record)  # not preempted: records pass
+    monkeypatch.setattr(stop._state, "preempted", True)
+    monkeypatch.setattr(stop._state, "write_depth", 1)
+    emit(record)  # inside a store write the deferred handler will exit: not here
+    monkeypatch.setattr(stop._state, "write_depth", 0)
+    with pytest.raises(SystemExit):
+        emit(record)
+    assert seen == [record, record]
