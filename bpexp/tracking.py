@@ -814,7 +814,12 @@ def finished_run(client: MlflowClient, experiment_id: str, digest: str):
         if final is not None:
             return final
         if claim(client, experiment_id, digest):
-            return None
+            # The holder may have finished and let go between the check above and the claim:
+            # look again while holding it (a second copy of a sweep trained a config twice).
+            final = _final_run(client, experiment_id, digest)
+            if final is not None:
+                release_claim(client, experiment_id, digest)
+            return final
         if not said:
             holder = client.get_experiment_by_name(claim_name(experiment_id, digest))
             tags = holder.tags if holder is not None else {}
